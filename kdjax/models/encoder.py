@@ -1,0 +1,205 @@
+"""A Flax NNX BERT-family encoder with classification, token-classification and span heads.
+
+Module and attribute names follow the Hugging Face layout closely so that `hf.py` can map
+checkpoint keys one to one. Dropout takes an explicit key (`dropout_key`), not an `nnx.Rngs`
+inside the model: the forward pass is then a pure function of (params, inputs, key), which
+`jax.grad`, `jax.vmap` and sharding can all treat as ordinary JAX code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from kdjax.models.config import EncoderConfig, check_task
+
+_ACT = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+class DropoutKeys:
+    """Hands out a fresh key per dropout site; `None` key means deterministic (eval) mode."""
+
+    def __init__(self, key: jax.Array | None):
+        self.key = key
+        self.count = 0
+
+    def __call__(self, x: jax.Array, rate: float) -> jax.Array:
+        if self.key is None or rate == 0.0:
+            return x
+        self.count += 1
+        keep = jax.random.bernoulli(jax.random.fold_in(self.key, self.count), 1.0 - rate, x.shape)
+        return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+def _linear(cfg: EncoderConfig, din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
+    init = nnx.initializers.normal(cfg.initializer_range)
+    return nnx.Linear(din, dout, kernel_init=init, rngs=rngs)
+
+
+def _norm(cfg: EncoderConfig, dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, rngs=rngs)
+
+
+class Embeddings(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(cfg.initializer_range)
+        e = cfg.emb_size
+        self.word_embeddings = nnx.Embed(cfg.vocab_size, e, embedding_init=init, rngs=rngs)
+        self.position_embeddings = nnx.Embed(
+            cfg.max_position_embeddings, e, embedding_init=init, rngs=rngs
+        )
+        self.token_type_embeddings = nnx.Embed(
+            cfg.type_vocab_size, e, embedding_init=init, rngs=rngs
+        )
+        self.layer_norm = _norm(cfg, e, rngs)
+        project = _linear(cfg, e, cfg.hidden_size, rngs) if cfg.embedding_size else None
+        self.project = nnx.data(project)
+        self.cfg = cfg
+
+    def __call__(self, input_ids, token_type_ids, drop: DropoutKeys) -> jax.Array:
+        cfg = self.cfg
+        if cfg.model_type == "roberta":
+            # RoBERTa: positions count only real tokens and start after the padding index.
+            real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+            positions = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
+        else:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        x = drop(self.layer_norm(x), cfg.hidden_dropout)
+        if self.project is not None:
+            x = self.project(x)
+        return x
+
+
+class Layer(nnx.Module):
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        h = cfg.hidden_size
+        self.query = _linear(cfg, h, h, rngs)
+        self.key = _linear(cfg, h, h, rngs)
+        self.value = _linear(cfg, h, h, rngs)
+        self.attn_out = _linear(cfg, h, h, rngs)
+        self.attn_norm = _norm(cfg, h, rngs)
+        self.intermediate = _linear(cfg, h, cfg.intermediate_size, rngs)
+        self.output = _linear(cfg, cfg.intermediate_size, h, rngs)
+        self.output_norm = _norm(cfg, h, rngs)
+        self.cfg = cfg
+
+    def __call__(self, x: jax.Array, bias: jax.Array, drop: DropoutKeys) -> jax.Array:
+        """x: [batch, seq, hidden]; bias: [batch, 1, 1, seq] additive attention mask."""
+        cfg = self.cfg
+        b, s, h = x.shape
+        nh, hd = cfg.num_heads, h // cfg.num_heads
+
+        def heads(t):  # [b, s, h] -> [b, nh, s, hd]
+            return t.reshape(b, s, nh, hd).transpose(0, 2, 1, 3)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        scores = jnp.einsum("bhqd,bhkd->bhqk", q, k) / jnp.sqrt(jnp.float32(hd)).astype(x.dtype)
+        probs = jax.nn.softmax(scores.astype(jnp.float32) + bias, axis=-1).astype(x.dtype)
+        probs = drop(probs, cfg.attention_dropout)
+        ctx = jnp.einsum("bhqk,bhkd->bhqd", probs, v).transpose(0, 2, 1, 3).reshape(b, s, h)
+        x = self.attn_norm(x + drop(self.attn_out(ctx), cfg.hidden_dropout))
+        y = self.output(_ACT[cfg.hidden_act](self.intermediate(x)))
+        return self.output_norm(x + drop(y, cfg.hidden_dropout))
+
+
+class Encoder(nnx.Module):
+    """The transformer body: embeddings and layers, returning the last hidden state."""
+
+    def __init__(self, cfg: EncoderConfig, rngs: nnx.Rngs):
+        self.embeddings = Embeddings(cfg, rngs)
+        self.layers = nnx.List([Layer(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.cfg = cfg
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, drop=None):
+        drop = drop or DropoutKeys(None)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, drop)
+        neg = jnp.finfo(jnp.float32).min
+        bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, neg).astype(jnp.float32)
+        for layer in self.layers:
+            x = layer(x, bias, drop)
+        return x  # [batch, seq, hidden]
+
+
+class Model(nnx.Module):
+    """An encoder with one task head. Calling it returns logits:
+    classification `[batch, labels]`, token_classification `[batch, seq, labels]`,
+    extractive_qa `[batch, seq, 2]` (start, end)."""
+
+    def __init__(
+        self,
+        cfg: EncoderConfig,
+        task: str,
+        num_labels: int | None = None,
+        *,
+        labels: Sequence[str] | None = None,
+        rngs: nnx.Rngs,
+    ):
+        check_task(task)
+        if task == "extractive_qa":
+            num_labels = 2
+        if num_labels is None:
+            num_labels = len(labels) if labels else None
+        if not num_labels or num_labels < 1:
+            raise ValueError(f"num_labels: required for task {task!r} and must be >= 1")
+        if labels is not None and len(labels) != num_labels:
+            raise ValueError(f"labels: {len(labels)} names given for num_labels={num_labels}")
+        self.cfg = cfg
+        self.task = task
+        self.num_labels = num_labels
+        self.labels = tuple(labels) if labels else tuple(f"LABEL_{i}" for i in range(num_labels))
+        h = cfg.hidden_size
+        self.encoder = Encoder(cfg, rngs)
+        pooler = head_dense = None
+        if task == "classification" and cfg.model_type == "bert":
+            pooler = _linear(cfg, h, h, rngs)
+        elif task == "classification":
+            # RoBERTa and ELECTRA classify through a two-layer head on the first token.
+            head_dense = _linear(cfg, h, h, rngs)
+        self.pooler = nnx.data(pooler)
+        self.head_dense = nnx.data(head_dense)
+        self.head = _linear(cfg, h, num_labels, rngs)
+
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
+        drop = DropoutKeys(dropout_key)
+        x = self.encoder(input_ids, attention_mask, token_type_ids, drop=drop)
+        cfg = self.cfg
+        rate = cfg.hidden_dropout if cfg.classifier_dropout is None else cfg.classifier_dropout
+        if self.task == "classification":
+            x = x[:, 0]
+            if self.pooler is not None:
+                x = jnp.tanh(self.pooler(x))
+            else:
+                act = jnp.tanh if cfg.model_type == "roberta" else _ACT["gelu"]
+                x = act(self.head_dense(drop(x, rate)))
+            return self.head(drop(x, rate))
+        if self.task == "token_classification":
+            return self.head(drop(x, rate))
+        return self.head(x)  # extractive_qa: transformers applies no dropout before qa_outputs
+
+
+def create(build, sharding: jax.sharding.Sharding | None = None) -> Model:
+    """Initialise the model that `build()` constructs, with its params created directly in
+    `sharding` (compiled initialisation; nothing is materialised on one device first)."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(build))
+    out = jax.tree.map(lambda _: sharding, abstract) if sharding is not None else None
+    state = jax.jit(lambda: nnx.split(build())[1], out_shardings=out)()
+    return nnx.merge(graphdef, state)

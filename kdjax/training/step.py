@@ -1,0 +1,123 @@
+"""The canonical train step and the prediction function, both pure and jit-compiled."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from kdjax.config import KDConfig, TrainConfig
+from kdjax.losses import kd_loss, label_loss
+
+
+class TrainState(NamedTuple):
+    params: Any  # nnx.State of the student
+    opt_state: Any
+    step: jax.Array
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int):
+    """AdamW with linear warmup then linear decay to 0; no weight decay on biases and norms.
+    Returns the optax transformation and its learning-rate schedule."""
+    warmup = int(cfg.warmup_ratio * total_steps)
+    schedule = optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, cfg.learning_rate, max(warmup, 1)),
+            optax.linear_schedule(cfg.learning_rate, 0.0, max(total_steps - warmup, 1)),
+        ],
+        [warmup],
+    )
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+    adamw = optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=decay_mask)
+    if cfg.max_grad_norm is None:
+        return adamw, schedule
+    return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw), schedule
+
+
+def objective(task: str, kd: KDConfig | None):
+    """loss(student_logits, teacher_logits, batch) for `task`; batch rows weighted by `weight`."""
+    if task != "classification":
+        raise NotImplementedError(f"task {task!r} is not supported by this trainer yet")
+
+    def loss(student_logits, teacher_logits, batch):
+        if kd is None or kd.alpha == 0:
+            return label_loss(student_logits, batch["labels"], mask=batch["weight"])
+        return kd_loss(
+            student_logits,
+            teacher_logits,
+            batch["labels"],
+            distance=kd.distance,
+            alpha=kd.alpha,
+            tau_t=kd.tau_t,
+            tau_s=kd.student_tau,
+            tau_squared=kd.tau_squared,
+            mask=batch["weight"],
+        )
+
+    return loss
+
+
+def _forward(graphdef, params, batch, dropout_key=None):
+    model = nnx.merge(graphdef, params)
+    return model(
+        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dropout_key=dropout_key
+    )
+
+
+def make_train_step(
+    graphdef,
+    tx: optax.GradientTransformation,
+    loss_fn,
+    *,
+    teacher_graphdef=None,
+    state_sharding=None,
+    batch_sharding=None,
+):
+    """A jitted `step(state, teacher_params, batch, key) -> (state, metrics)`.
+
+    The teacher (when given) runs in eval mode inside the step, outside the optimizer, behind
+    `stop_gradient`. `state` is donated; metrics stay on device until the caller fetches them.
+    """
+
+    def step(state: TrainState, teacher_params, batch, key):
+        key = jax.random.fold_in(key, state.step)
+        teacher_logits = None
+        if teacher_graphdef is not None:
+            teacher_logits = jax.lax.stop_gradient(
+                _forward(teacher_graphdef, teacher_params, batch).astype(jnp.float32)
+            )
+
+        def compute(params):
+            logits = _forward(graphdef, params, batch, dropout_key=key)
+            return loss_fn(logits, teacher_logits, batch)
+
+        loss, grads = jax.value_and_grad(compute)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        return TrainState(params, opt_state, state.step + 1), metrics
+
+    in_shardings = out_shardings = None
+    if state_sharding is not None:
+        in_shardings = (state_sharding, state_sharding, batch_sharding, None)
+        out_shardings = (state_sharding, None)
+    return jax.jit(
+        step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings
+    )
+
+
+def make_predict(graphdef):
+    """A jitted `predict(params, batch) -> float32 logits` in eval mode (no dropout)."""
+    return jax.jit(lambda params, batch: _forward(graphdef, params, batch).astype(jnp.float32))
+
+
+def init_state(params, tx: optax.GradientTransformation, sharding=None) -> TrainState:
+    """Optimizer state created directly in `sharding` (params are already placed)."""
+    fn = lambda p: TrainState(p, tx.init(p), jnp.zeros((), jnp.int32))
+    out = None
+    if sharding is not None:
+        out = jax.tree.map(lambda _: sharding, jax.eval_shape(fn, params))
+    return jax.jit(fn, out_shardings=out)(params)
