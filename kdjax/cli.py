@@ -30,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdjax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("finetune", "fine-tune a model (a teacher) on labels"),
-                       ("distill", "distil a student from a teacher")):
+    for name, text in (
+        ("finetune", "fine-tune a model (a teacher) on labels"),
+        ("distill", "distil a student from a teacher"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", help="YAML run config")
         p.add_argument("--output-dir", help="override output_dir from the config")

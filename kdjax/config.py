@@ -135,6 +135,9 @@ class TrainConfig(Frozen):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     log_every: int = Field(10, ge=1)
+    group_by_length: bool = Field(
+        True, description="batch similar lengths together and trim padding (faster, esp. on CPU)"
+    )
 
 
 class MeshConfig(Frozen):

@@ -60,18 +60,22 @@ def table(results: dict[str, dict]) -> str:
         r = results[stage]
         layers = "6" if stage == "teacher" else "2"
         agree = r["test"].get("agreement")
-        rows.append((
-            title,
-            layers,
-            f"{r['test']['accuracy']:.4f}",
-            f"{r['validation']['accuracy']:.4f}",
-            f"{agree:.4f}" if agree is not None else "-",
-            f"{r['train_time_s']:.0f}",
-        ))
+        rows.append(
+            (
+                title,
+                layers,
+                f"{r['test']['accuracy']:.4f}",
+                f"{r['validation']['accuracy']:.4f}",
+                f"{agree:.4f}" if agree is not None else "-",
+                f"{r['train_time_s']:.0f}",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     n = results["teacher"]["data"]["examples"]
-    lines.append(f"(Rotten Tomatoes snippets: {n['train']} train / {n['validation']} validation / "
-                 f"{n['test']} test examples; agreement = student-teacher argmax agreement on test)")
+    lines.append(
+        f"(Rotten Tomatoes snippets: {n['train']} train / {n['validation']} validation / "
+        f"{n['test']} test examples; agreement = student-teacher argmax agreement on test)"
+    )
     return "\n".join(lines)

@@ -57,7 +57,9 @@ def test_minilm_matches_pytorch_bert(minilm_path):
     b = tok(texts, padding=True, return_tensors="np")
     model = from_pretrained(minilm_path, "classification", num_labels=2)
     ours = model.encoder(
-        jnp.asarray(b["input_ids"]), jnp.asarray(b["attention_mask"]), jnp.asarray(b["token_type_ids"])
+        jnp.asarray(b["input_ids"]),
+        jnp.asarray(b["attention_mask"]),
+        jnp.asarray(b["token_type_ids"]),
     )
     ref = transformers.BertModel.from_pretrained(minilm_path).eval()
     with torch.no_grad():
@@ -77,9 +79,11 @@ TINY = dict(
 )
 
 
-def _tiny_hf_config(model_type):
+def _tiny_hf_config(model_type, task="classification"):
     extra = {"embedding_size": 16} if model_type == "electra" else {}
-    return transformers.AutoConfig.for_model(model_type, **TINY, **extra, num_labels=3)
+    # transformers' QA heads have num_labels outputs, split into start and end: 2.
+    labels = 2 if task == "extractive_qa" else 3
+    return transformers.AutoConfig.for_model(model_type, **TINY, **extra, num_labels=labels)
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "electra"])
@@ -87,7 +91,7 @@ def _tiny_hf_config(model_type):
 def test_load_transformers_checkpoint(tmp_path, model_type, task):
     """A PyTorch checkpoint (with its head) loads into kdjax with the same logits."""
     torch.manual_seed(0)
-    ref = AUTO[task].from_config(_tiny_hf_config(model_type)).eval()
+    ref = AUTO[task].from_config(_tiny_hf_config(model_type, task)).eval()
     ref.save_pretrained(tmp_path)
     model = from_pretrained(tmp_path, task)
     assert model.num_labels == (2 if task == "extractive_qa" else 3)
@@ -134,8 +138,10 @@ def test_save_pretrained_loads_in_transformers(tmp_path, model_type, task):
     np.testing.assert_allclose(np.asarray(ours)[sel], theirs[sel], atol=1e-4, rtol=0)
     # And back into kdjax, bit for bit.
     again = from_pretrained(tmp_path, task)
-    np.testing.assert_array_equal(np.asarray(again(jnp.asarray(ids), jnp.asarray(mask))),
-                                  np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))))
+    np.testing.assert_array_equal(
+        np.asarray(again(jnp.asarray(ids), jnp.asarray(mask))),
+        np.asarray(model(jnp.asarray(ids), jnp.asarray(mask))),
+    )
 
 
 def test_student_from_teacher_layers(minilm_path):

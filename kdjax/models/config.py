@@ -16,7 +16,16 @@ HF_ARCHITECTURES = {
 }
 _HF_CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "electra": "Electra"}
 
-_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish", "tanh")
+_ACTIVATIONS = (
+    "gelu",
+    "gelu_new",
+    "gelu_pytorch_tanh",
+    "gelu_fast",
+    "relu",
+    "silu",
+    "swish",
+    "tanh",
+)
 
 
 def check_task(task: str) -> str:
@@ -27,7 +36,7 @@ def check_task(task: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
-    """Architecture of a BERT-family encoder (BERT, RoBERTa, ELECTRA; MiniLM checkpoints are BERT)."""
+    """A BERT-family encoder's shape (BERT, RoBERTa, ELECTRA; MiniLM checkpoints are BERT)."""
 
     model_type: str = "bert"
     vocab_size: int = 30522
@@ -51,15 +60,18 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.model_type not in MODEL_TYPES:
             raise ValueError(
-                f"model_type: unsupported value {self.model_type!r}; allowed: {', '.join(MODEL_TYPES)}"
+                f"model_type: unsupported value {self.model_type!r}; "
+                f"allowed: {', '.join(MODEL_TYPES)}"
             )
         if self.hidden_size % self.num_heads:
             raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
             )
         if self.hidden_act not in _ACTIVATIONS:
             raise ValueError(
-                f"hidden_act: unsupported value {self.hidden_act!r}; allowed: {', '.join(_ACTIVATIONS)}"
+                f"hidden_act: unsupported value {self.hidden_act!r}; "
+                f"allowed: {', '.join(_ACTIVATIONS)}"
             )
         for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size", "vocab_size"):
             if getattr(self, name) < 1:

@@ -70,6 +70,15 @@ def head_entries(model: Model) -> Iterator[Entry]:
         yield from _linear("classifier", model.head)
 
 
+def head_output_key(model_type: str, task: str) -> str:
+    """The checkpoint key of the head's output-layer weight, [labels, hidden]."""
+    if task == "extractive_qa":
+        return "qa_outputs.weight"
+    if task == "classification" and model_type != "bert":
+        return "classifier.out_proj.weight"
+    return "classifier.weight"
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
@@ -109,7 +118,9 @@ def _normalise_keys(weights: dict[str, np.ndarray], model_type: str) -> dict[str
     out = {}
     prefix = model_type + "."
     for k, v in weights.items():
-        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
+            "LayerNorm.beta", "LayerNorm.bias"
+        )
         out[k.removeprefix(prefix)] = v
     return out
 
@@ -149,13 +160,17 @@ def from_pretrained(
     cfg = EncoderConfig.from_hf(hf_cfg)
     weights = _normalise_keys(_read_weights(path), cfg.model_type)
 
-    ckpt_labels = None
-    if "id2label" in hf_cfg and hf_cfg.get("architectures"):
-        id2label = hf_cfg["id2label"]
-        ckpt_labels = [id2label[str(i)] for i in range(len(id2label))]
-    if labels is None and num_labels is None and task != "extractive_qa":
-        labels = ckpt_labels
-    model = create(lambda: Model(cfg, task, num_labels, labels=labels, rngs=nnx.Rngs(seed)), sharding)
+    # The checkpoint's own head (if any) sets the label count when the caller does not.
+    out_key = head_output_key(cfg.model_type, task)
+    if labels is None and num_labels is None and task != "extractive_qa" and not reinit_head:
+        if out_key in weights:
+            num_labels = weights[out_key].shape[0]
+            id2label = hf_cfg.get("id2label") or {}
+            if len(id2label) == num_labels:
+                labels = [id2label[str(i)] for i in range(num_labels)]
+    model = create(
+        lambda: Model(cfg, task, num_labels, labels=labels, rngs=nnx.Rngs(seed)), sharding
+    )
 
     base = list(base_entries(model))
     missing = [k for k, _, _ in base if k not in weights]
@@ -174,7 +189,7 @@ def from_pretrained(
     if reinit_head or any(k not in weights for k, _, _ in head):
         log.info("%s: no %s head in the checkpoint; starting a fresh head", path, task)
         return model
-    head_rows = weights[head[-2][0]].shape[0]
+    head_rows = weights[out_key].shape[0]
     if head_rows != model.num_labels:
         raise ValueError(
             f"{path}: the checkpoint's {task} head has {head_rows} outputs but num_labels="

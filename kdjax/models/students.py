@@ -1,4 +1,4 @@
-"""Ways to build a student: pretrained, a subset of a teacher's layers, or random at a given size."""
+"""Ways to build a student: pretrained, a subset of a teacher's layers, or random of any size."""
 
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ def from_teacher_layers(
         )
     cfg = dataclasses.replace(teacher.cfg, num_layers=len(layers))
     num_labels = num_labels or teacher.num_labels
-    labels = labels if labels is not None else (
-        teacher.labels if num_labels == teacher.num_labels else None
+    labels = (
+        labels
+        if labels is not None
+        else (teacher.labels if num_labels == teacher.num_labels else None)
     )
     student = create(
         lambda: Model(cfg, task, num_labels, labels=labels, rngs=nnx.Rngs(seed)), sharding
@@ -80,4 +82,6 @@ def random_student(
         intermediate_size=intermediate,
         embedding_size=None,
     )
-    return create(lambda: Model(cfg, task, num_labels, labels=labels, rngs=nnx.Rngs(seed)), sharding)
+    return create(
+        lambda: Model(cfg, task, num_labels, labels=labels, rngs=nnx.Rngs(seed)), sharding
+    )

@@ -6,23 +6,29 @@ import numpy as np
 from jax.sharding import Mesh
 
 from kdjax.data.dataset import Split
+from kdjax.training.batching import take
 from kdjax.training.mesh import padded_size, put_batch
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def predict_logits(predict, params, split: Split, mesh: Mesh, batch_size: int) -> np.ndarray:
-    """float32 logits for every example of `split`, in order. Every batch has the same padded
-    shape, so evaluation compiles once."""
-    arrays = split.arrays()
+def predict_logits(
+    predict, params, split: Split, mesh: Mesh, batch_size: int, trim: bool = True
+) -> np.ndarray:
+    """float32 logits for every example of `split`, in the split's order. Batches are padded to
+    one row count; with `trim`, examples go through in length order, cut to length buckets."""
+    arrays = {k: getattr(split, k) for k in MODEL_INPUTS}
+    lengths = split.attention_mask.sum(1)
+    order = np.argsort(-lengths, kind="stable") if trim else np.arange(len(split))
     size = padded_size(batch_size, mesh)
     out = []
     for start in range(0, len(split), batch_size):
-        chunk = {k: arrays[k][start : start + batch_size] for k in MODEL_INPUTS}
-        n = len(chunk["input_ids"])
-        logits = predict(params, put_batch(chunk, mesh, size))
-        out.append(np.asarray(logits)[:n])
-    return np.concatenate(out)
+        idx = order[start : start + batch_size]
+        logits = predict(params, put_batch(take(arrays, idx, trim), mesh, size))
+        out.append(np.asarray(logits)[: len(idx)])
+    result = np.empty_like(np.concatenate(out))
+    result[order] = np.concatenate(out)
+    return result
 
 
 def _log_softmax(z: np.ndarray) -> np.ndarray:

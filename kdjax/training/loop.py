@@ -29,6 +29,7 @@ from kdjax.data.dataset import Dataset, build_dataset
 from kdjax.data.sources import resolve_checkpoint
 from kdjax.models import from_pretrained, from_teacher_layers, random_student, save_pretrained
 from kdjax.models.config import EncoderConfig
+from kdjax.training.batching import epoch_batches, take
 from kdjax.training.evaluate import classification_metrics, predict_logits
 from kdjax.training.mesh import data_sharded, make_mesh, put_batch, replicated
 from kdjax.training.step import init_state, make_optimizer, make_predict, make_train_step, objective
@@ -81,18 +82,33 @@ def tokenizer_source(init: ModelInit) -> Path:
 def build_student(init: ModelInit, task: str, labels, seed: int, sharding):
     if init.init == "pretrained":
         return from_pretrained(
-            resolve_checkpoint(init.path), task, labels=list(labels), seed=seed,
-            reinit_head=True, sharding=sharding,
+            resolve_checkpoint(init.path),
+            task,
+            labels=list(labels),
+            seed=seed,
+            reinit_head=True,
+            sharding=sharding,
         )
     if init.init == "teacher_layers":
         return from_teacher_layers(
-            resolve_checkpoint(init.path), task, init.layers, labels=labels, seed=seed,
+            resolve_checkpoint(init.path),
+            task,
+            init.layers,
+            labels=labels,
+            seed=seed,
             sharding=sharding,
         )
     base = EncoderConfig.from_hf(json.loads((tokenizer_source(init) / "config.json").read_text()))
     return random_student(
-        task, base=base, layers=init.layers, hidden=init.hidden, heads=init.heads,
-        intermediate=init.intermediate, labels=labels, seed=seed, sharding=sharding,
+        task,
+        base=base,
+        layers=init.layers,
+        hidden=init.hidden,
+        heads=init.heads,
+        intermediate=init.intermediate,
+        labels=labels,
+        seed=seed,
+        sharding=sharding,
     )
 
 
@@ -170,8 +186,12 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     # The teacher joins the step only when its logits enter the loss (alpha > 0).
     online = teacher_graphdef if kd is not None and kd.alpha > 0 else None
     step_fn = make_train_step(
-        graphdef, tx, objective(cfg.task, kd), teacher_graphdef=online,
-        state_sharding=rep, batch_sharding=data_sharded(mesh),
+        graphdef,
+        tx,
+        objective(cfg.task, kd),
+        teacher_graphdef=online,
+        state_sharding=rep,
+        batch_sharding=data_sharded(mesh),
     )
     predict = make_predict(graphdef)
     teacher_eval = {}
@@ -179,11 +199,18 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         t_predict = make_predict(teacher_graphdef)
         for split in ("validation", "test"):
             teacher_eval[split] = predict_logits(
-                t_predict, teacher_params, ds.splits[split], mesh, tc.eval_batch_size
+                t_predict,
+                teacher_params,
+                ds.splits[split],
+                mesh,
+                tc.eval_batch_size,
+                tc.group_by_length,
             )
 
     def evaluate(params, split: str) -> dict[str, float]:
-        logits = predict_logits(predict, params, ds.splits[split], mesh, tc.eval_batch_size)
+        logits = predict_logits(
+            predict, params, ds.splits[split], mesh, tc.eval_batch_size, tc.group_by_length
+        )
         return classification_metrics(logits, ds.splits[split].labels, teacher_eval.get(split))
 
     key = jax.random.key(tc.seed)
@@ -193,11 +220,11 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     best_epoch, history = 0, []
     bar = tqdm(total=total, desc=f"train {out.dir.name}", disable=not progress, unit="step")
     train_start = time.time()
+    lengths = train_split.attention_mask.sum(1)
     for epoch in range(1, tc.epochs + 1):
-        order = rng.permutation(len(train_split))
-        for i in range(steps_per_epoch):
-            idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-            batch = put_batch({k: v[idx] for k, v in arrays.items()}, mesh, tc.batch_size)
+        batches = epoch_batches(lengths, tc.batch_size, rng, tc.group_by_length)
+        for i, idx in enumerate(batches):
+            batch = put_batch(take(arrays, idx, tc.group_by_length), mesh, tc.batch_size)
             state, metrics = step_fn(state, teacher_params, batch, key)
             step = epoch_step = (epoch - 1) * steps_per_epoch + i + 1
             if step % tc.log_every == 0 or i == steps_per_epoch - 1:
@@ -207,8 +234,14 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
                         f"loss became {m['loss']} at step {step} (epoch {epoch}); lower "
                         "train.learning_rate or check the data and kd settings"
                     )
-                out.log(event="train", step=step, epoch=epoch, loss=float(m["loss"]),
-                        grad_norm=float(m["grad_norm"]), lr=float(schedule(step - 1)))
+                out.log(
+                    event="train",
+                    step=step,
+                    epoch=epoch,
+                    loss=float(m["loss"]),
+                    grad_norm=float(m["grad_norm"]),
+                    lr=float(schedule(step - 1)),
+                )
                 bar.set_postfix(loss=f"{float(m['loss']):.4f}", epoch=epoch)
             bar.update(1)
         val = evaluate(state.params, "validation")

@@ -10,8 +10,9 @@ from jax.sharding import PartitionSpec as P
 from kdjax.config import MeshConfig
 
 
-def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
+def make_mesh(cfg: MeshConfig | None = None, devices=None) -> Mesh:
     """A 1-D `data` mesh over `cfg.data` devices (-1: all)."""
+    cfg = cfg or MeshConfig()
     devices = list(devices if devices is not None else jax.devices())
     n = len(devices) if cfg.data == -1 else cfg.data
     if not 1 <= n <= len(devices):
@@ -37,7 +38,10 @@ def pad_batch(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]
     """Pad every array to `size` rows and add `weight` (1 real, 0 padding) so that padded rows
     contribute nothing to losses, gradients or metrics."""
     n = len(next(iter(arrays.values())))
-    out = {k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)]) for k, v in arrays.items()}
+    out = {
+        k: np.concatenate([v, np.zeros((size - n, *v.shape[1:]), v.dtype)])
+        for k, v in arrays.items()
+    }
     weight = np.zeros(size, np.float32)
     weight[:n] = 1.0
     out["weight"] = weight

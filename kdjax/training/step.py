@@ -63,7 +63,10 @@ def objective(task: str, kd: KDConfig | None):
 def _forward(graphdef, params, batch, dropout_key=None):
     model = nnx.merge(graphdef, params)
     return model(
-        batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], dropout_key=dropout_key
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["token_type_ids"],
+        dropout_key=dropout_key,
     )
 
 
@@ -97,16 +100,14 @@ def make_train_step(
         loss, grads = jax.value_and_grad(compute)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads)}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return TrainState(params, opt_state, state.step + 1), metrics
 
     in_shardings = out_shardings = None
     if state_sharding is not None:
         in_shardings = (state_sharding, state_sharding, batch_sharding, None)
         out_shardings = (state_sharding, None)
-    return jax.jit(
-        step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings
-    )
+    return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
 
 
 def make_predict(graphdef):

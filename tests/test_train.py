@@ -1,0 +1,131 @@
+"""The trainer end to end on fixture data with tiny models: finetune a teacher, distil a student."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from kdjax.cli import main
+from kdjax.config import parse_config
+from kdjax.training import TrainingDiverged, train
+
+DATA = Path(__file__).parent / "data"
+TINY = {
+    "init": "random",
+    "layers": 2,
+    "hidden": 32,
+    "heads": 4,
+    "intermediate": 64,
+    "tokenizer": "all-minilm-l6-v2",
+}
+
+
+def _cfg(out, **over):
+    d = {
+        "task": "classification",
+        "data": {
+            "source": "files",
+            "files": {
+                "train": str(DATA / "sentiment_train.csv"),
+                "validation": str(DATA / "sentiment_validation.jsonl"),
+                "test": str(DATA / "sentiment_test.jsonl"),
+            },
+            "text_column": "sentence",
+            "label_column": "sentiment",
+            "max_length": 32,
+        },
+        "model": TINY,
+        "train": {
+            "epochs": 2,
+            "batch_size": 12,
+            "eval_batch_size": 16,
+            "learning_rate": 1e-3,
+            "log_every": 2,
+        },
+        "output_dir": str(out),
+    }
+    d.update(over)
+    return d
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    result = train(parse_config(_cfg(out)), progress=False)
+    return out, result
+
+
+def test_finetune_writes_its_outputs(teacher_run):
+    out, result = teacher_run
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["model"]["hidden"] == 32 and saved["output_dir"] == str(out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows if r["event"] == "eval"] == [1, 2]
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    on_disk = json.loads((out / "result.json").read_text())
+    assert on_disk == json.loads(json.dumps(result))
+    for split in ("validation", "test"):
+        assert 0.0 <= result[split]["accuracy"] <= 1.0 and result[split]["loss"] > 0
+    assert result["best_epoch"] in (1, 2) and result["steps"] == 8  # ceil(48 / 12) * 2
+    assert result["versions"]["jax"] and result["wall_time_s"] > 0
+    assert (out / "model" / "model.safetensors").is_file()
+    assert (out / "model" / "tokenizer.json").is_file() or (out / "model" / "vocab.txt").is_file()
+    # The best epoch was restored from its checkpoint: its validation metrics match the history.
+    best = result["history"][result["best_epoch"] - 1]
+    assert result["validation"]["accuracy"] == best["accuracy"]
+    np.testing.assert_allclose(result["validation"]["loss"], best["loss"], rtol=1e-6)
+
+
+def test_distill_from_the_finetuned_teacher(teacher_run, tmp_path):
+    teacher_out, teacher_result = teacher_run
+    kd = {"distance": "kl", "alpha": 0.5, "tau_t": 2.0, "tau_s": 1.0}
+    cfg = _cfg(
+        tmp_path / "student",
+        teacher=str(teacher_out),
+        kd=kd,
+        train={"epochs": 1, "batch_size": 16, "learning_rate": 1e-3},
+    )
+    result = train(parse_config(cfg), progress=False)
+    assert result["kind"] == "distill" and result["kd"]["distance"] == "kl"
+    assert 0.0 <= result["test"]["agreement"] <= 1.0
+    assert result["teacher"] == str(teacher_out / "model")
+
+
+def test_teacher_with_other_labels_fails_before_training(teacher_run, tmp_path):
+    teacher_out, _ = teacher_run
+    cfg = _cfg(tmp_path / "s", teacher=str(teacher_out), kd={"alpha": 0.5})
+    cfg["data"]["labels"] = ["pos", "neg"]
+    with pytest.raises(ValueError, match=r"teacher: .* was trained with labels \['neg', 'pos'\]"):
+        train(parse_config(cfg), progress=False)
+    assert not (tmp_path / "s").exists()  # nothing was started
+
+
+def test_divergence_stops_with_a_clear_error(tmp_path):
+    cfg = _cfg(
+        tmp_path / "d",
+        train={
+            "epochs": 1,
+            "batch_size": 12,
+            "learning_rate": 1e30,
+            "log_every": 1,
+            "max_grad_norm": None,
+            "warmup_ratio": 0,
+        },
+    )
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step \d+"):
+        train(parse_config(cfg), progress=False)
+
+
+def test_cli_reports_bad_config(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    bad = _cfg(tmp_path / "o", teacher="somewhere", kd={"distance": "hamming"})
+    f.write_text(yaml.safe_dump(bad))
+    assert main(["distill", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "kd.distance: unknown distance 'hamming'; allowed: ce, cosine, js, kl" in err
+    missing = _cfg(tmp_path / "o", teacher=str(tmp_path / "no-teacher"), kd={"alpha": 0.5})
+    f.write_text(yaml.safe_dump(missing))
+    assert main(["distill", str(f)]) == 2
+    assert "does not exist; fine-tune the teacher first" in capsys.readouterr().err
