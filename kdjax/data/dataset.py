@@ -1,4 +1,4 @@
-"""From a DataConfig to tokenized numpy arrays per split, with the split policy applied."""
+"""From a DataConfig to tokenized row arrays per split, with the split policy applied."""
 
 from __future__ import annotations
 
@@ -11,40 +11,28 @@ import numpy as np
 from kdjax.config import DataConfig
 from kdjax.data import sources
 from kdjax.data.sources import Columns
+from kdjax.tasks import Encoded, Task, get_task
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class Split:
-    """One tokenized split. Arrays are [examples, seq] except `labels` [examples]."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    token_type_ids: np.ndarray
-    labels: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass
 class Dataset:
-    splits: dict[str, Split]
+    splits: dict[str, Encoded]
     labels: tuple[str, ...]
     info: dict[str, Any]
 
 
-def _raw_splits(cfg: DataConfig) -> tuple[dict[str, Columns], str]:
+def _raw_splits(cfg: DataConfig, task: Task) -> tuple[dict[str, Columns], str]:
     """Raw columns per split, and a sentence saying how validation and test were obtained."""
-    cols = {"text": cfg.text_column, "label": cfg.label_column}
-    if cfg.text_pair_column:
-        cols["text_pair"] = cfg.text_pair_column
+    cols = task.columns(cfg)
     p = cfg.split
     if cfg.source == "rotten_tomatoes":
+        if task.name != "classification":
+            raise ValueError(
+                f"data.source: 'rotten_tomatoes' is a classification set, not for "
+                f"task {task.name!r}"
+            )
         pool = sources.load_rotten_tomatoes()
         return sources.split_pool(pool, p.validation, p.test, p.seed), (
             f"one unsplit pool: seeded (seed {p.seed}) {p.test:.0%} test, "
@@ -62,7 +50,7 @@ def _raw_splits(cfg: DataConfig) -> tuple[dict[str, Columns], str]:
             if name is None:
                 continue
             try:
-                given[split] = sources.load_hub(h.name, h.config, name, cols)
+                given[split] = sources.load_hub(h.name, h.config, name, cols, cfg.labels, h.filter)
             except sources.MissingSplit:
                 if split == "train":
                     raise
@@ -78,90 +66,53 @@ def _raw_splits(cfg: DataConfig) -> tuple[dict[str, Columns], str]:
         split = sources.split_pool(given["train"], p.validation, p.test, p.seed)
         return split, f"train only: seeded (seed {p.seed}) test and validation slices of it"
     train = given["train"]
-    order = np.random.default_rng(p.seed).permutation(len(train["label"]))
-    n_val = round(len(order) * p.validation)
+    n = len(next(iter(train.values())))
+    order = np.random.default_rng(p.seed).permutation(n)
+    n_val = round(n * p.validation)
     given["validation"] = sources.take(train, order[:n_val])
     given["train"] = sources.take(train, order[n_val:])
-    return (
-        given,
-        policy + f"a seeded (seed {p.seed}) {p.validation:.0%} slice of train as validation",
-    )
+    slice_ = f"a seeded (seed {p.seed}) {p.validation:.0%} slice of train as validation"
+    return given, policy + slice_
 
 
 def _limit(columns: Columns, limit: int | None, seed: int) -> Columns:
-    n = len(columns["label"])
+    n = len(next(iter(columns.values())))
     if limit is None or limit >= n:
         return columns
     return sources.take(columns, np.random.default_rng(seed).permutation(n)[:limit])
 
 
-def _drop_empty(columns: Columns) -> tuple[Columns, int]:
-    keys = [k for k in ("text", "text_pair") if k in columns]
-    keep = [
-        i
-        for i in range(len(columns["label"]))
-        if all(isinstance(columns[k][i], str) and columns[k][i].strip() for k in keys)
-    ]
-    return sources.take(columns, keep), len(columns["label"]) - len(keep)
-
-
-def _label_ids(labels: list[str], label_set: tuple[str, ...], split: str) -> np.ndarray:
-    index = {name: i for i, name in enumerate(label_set)}
-    out = np.empty(len(labels), dtype=np.int32)
-    for row, name in enumerate(labels):
-        if name not in index:
-            raise ValueError(
-                f"data: label {name!r} in split {split!r} (row {row}) is not in the label set "
-                f"{list(label_set)}; fix the data or set data.labels"
-            )
-        out[row] = index[name]
-    return out
-
-
-def encode(columns: Columns, tokenizer, max_length: int) -> tuple[dict[str, np.ndarray], int]:
-    """Tokenize to max_length (padding to the longest example, rounded up to 8, when shorter).
-    Returns the arrays and the number of examples that were truncated."""
-    pair = columns.get("text_pair")
-    full = tokenizer(columns["text"], pair, truncation=False)["input_ids"]
-    longest = max(len(ids) for ids in full)
-    length = min(max_length, -(-longest // 8) * 8)
-    enc = tokenizer(
-        columns["text"],
-        pair,
-        truncation="longest_first",
-        max_length=length,
-        padding="max_length",
-        return_tensors="np",
-        return_token_type_ids=True,
-    )
-    truncated = sum(len(ids) > length for ids in full)
-    arrays = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask", "token_type_ids")}
-    return arrays, truncated
-
-
-def build_dataset(cfg: DataConfig, tokenizer, seed: int = 0) -> Dataset:
-    """Load, split, subsample, validate labels and tokenize. Fails on bad labels before compute."""
-    raw, policy = _raw_splits(cfg)
-    info: dict[str, Any] = {"source": cfg.source, "split_policy": policy, "dropped_empty": {}}
-    label_set = cfg.labels or tuple(sorted(set(raw["train"]["label"])))
-    if len(label_set) < 2:
-        raise ValueError(f"data: need at least two labels, found {list(label_set)}")
+def build_dataset(
+    cfg: DataConfig, tokenizer, task: str = "classification", seed: int = 0
+) -> Dataset:
+    """Load, split, subsample, validate labels and tokenize. Bad data fails before any compute;
+    examples that cannot be used (e.g. empty texts) are dropped and counted in `info`."""
+    t = get_task(task)
+    raw, policy = _raw_splits(cfg, t)
+    info: dict[str, Any] = {"source": cfg.source, "split_policy": policy}
+    if task == "extractive_qa":
+        label_set: tuple[str, ...] = ()
+    else:
+        label_set = cfg.labels or tuple(sorted(set(t.labels_of(raw["train"]))))
+        if len(label_set) < 2:
+            raise ValueError(f"data: need at least two labels, found {list(label_set)}")
     limits = cfg.limit.model_dump()
-    prepared = {}
-    for split in sources.SPLITS:
-        cols = _limit(raw[split], limits[split], seed + sources.SPLITS.index(split))
-        cols, dropped = _drop_empty(cols)
-        if dropped:
-            log.warning("%s: dropped %d examples with an empty text", split, dropped)
-        info["dropped_empty"][split] = dropped
-        if not cols["label"]:
+    splits: dict[str, Encoded] = {}
+    for i, split in enumerate(sources.SPLITS):
+        cols = _limit(raw[split], limits[split], seed + i)
+        if not next(iter(cols.values())):
             raise ValueError(f"data: split {split!r} has no examples")
-        prepared[split] = (cols, _label_ids(cols["label"], label_set, split))
-    splits, info["truncated"], info["examples"] = {}, {}, {}
-    for split, (cols, ids) in prepared.items():
-        arrays, truncated = encode(cols, tokenizer, cfg.max_length)
-        splits[split] = Split(**arrays, labels=ids)
-        info["truncated"][split] = truncated
-        info["examples"][split] = len(ids)
-    info["seq_len"] = int(splits["train"].input_ids.shape[1])
+        try:
+            splits[split] = t.encode(cols, tokenizer, label_set, cfg)
+        except ValueError as e:
+            raise ValueError(f"{e} [split {split!r}]") from None
+        if not len(splits[split]):
+            raise ValueError(f"data: split {split!r} has no usable examples ({splits[split].info})")
+    for key in sorted({k for s in splits.values() for k in s.info}):
+        info[key] = {s: splits[s].info.get(key, 0) for s in sources.SPLITS}
+    for split, enc in splits.items():
+        for key, value in enc.info.items():
+            if key.startswith("dropped") and value:
+                log.warning("%s: %s = %d", split, key, value)
+    info["seq_len"] = splits["train"].seq_len
     return Dataset(splits, tuple(label_set), info)

@@ -88,7 +88,8 @@ def load_rotten_tomatoes() -> Columns:
 
 
 def read_table(path: str | Path) -> list[dict]:
-    """Rows of a local .csv/.tsv or .jsonl/.json file."""
+    """Rows of a local file: .csv/.tsv, .jsonl, .json (a list of rows, or SQuAD format), or a
+    CoNLL column file (.conll/.iob/.bio/.txt)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
@@ -96,10 +97,18 @@ def read_table(path: str | Path) -> list[dict]:
     if suffix in (".csv", ".tsv"):
         with path.open(newline="", encoding="utf-8") as f:
             return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+    if suffix in (".conll", ".iob", ".bio", ".txt"):
+        from kdjax.data.conll import read_conll
+
+        return read_conll(path)
     if suffix in (".jsonl", ".json"):
         text = path.read_text(encoding="utf-8")
         if suffix == ".json" and text.lstrip().startswith("["):
             return json.loads(text)
+        if suffix == ".json" and text.lstrip().startswith("{"):
+            from kdjax.data.squad import read_squad_json
+
+            return read_squad_json(path)
         rows = []
         for i, line in enumerate(text.splitlines(), 1):
             if line.strip():
@@ -125,7 +134,6 @@ def select_columns(rows: list[dict], columns: dict[str, str], where: str) -> Col
                 f"columns present: {', '.join(map(str, rows[0].keys()))}"
             )
         out[ours] = [r[theirs] for r in rows]
-    out["label"] = [str(v) for v in out["label"]]
     return out
 
 
@@ -133,8 +141,32 @@ class MissingSplit(ValueError):
     """A hub dataset without the named split."""
 
 
-def load_hub(name: str, config: str | None, split: str, columns: dict[str, str]) -> Columns:
-    """One split of a Hugging Face hub dataset (needs the network or a warm `datasets` cache)."""
+def _names(values: list, feature, labels: tuple[str, ...] | None) -> list:
+    """Class ids -> names, through the dataset's ClassLabel (also inside a Sequence) or, for
+    plain integer columns, through the configured label list."""
+    inner = getattr(feature, "feature", None)
+    if hasattr(feature, "names"):
+        return [feature.names[v] for v in values]
+    if inner is not None and hasattr(inner, "names"):
+        return [[inner.names[v] for v in seq] for seq in values]
+    dtype = getattr(inner if inner is not None else feature, "dtype", "")
+    if labels and str(dtype).startswith("int"):
+        if inner is not None:
+            return [[labels[v] for v in seq] for seq in values]
+        return [labels[v] for v in values]
+    return values
+
+
+def load_hub(
+    name: str,
+    config: str | None,
+    split: str,
+    columns: dict[str, str],
+    labels: tuple[str, ...] | None = None,
+    where_equal: dict[str, str] | None = None,
+) -> Columns:
+    """One split of a Hugging Face hub dataset (needs the network or a warm `datasets` cache).
+    `where_equal` keeps only rows whose columns have these values (e.g. an MRQA subset)."""
     import datasets
 
     where = f"hub dataset {name}" + (f"/{config}" if config else "") + f"[{split}]"
@@ -150,11 +182,12 @@ def load_hub(name: str, config: str | None, split: str, columns: dict[str, str])
                 f"{where}: missing column {theirs!r} (data.{ours}_column); "
                 f"columns present: {', '.join(ds.column_names)}"
             )
-    out = {ours: list(ds[theirs]) for ours, theirs in columns.items()}
-    feature = ds.features[columns["label"]]
-    names = getattr(feature, "names", None)
-    out["label"] = [names[v] if names else str(v) for v in out["label"]]
-    return out
+    if where_equal:
+        ds = ds.filter(lambda row: all(row[k] == v for k, v in where_equal.items()))
+    return {
+        ours: _names(list(ds[theirs]), ds.features[theirs], labels)
+        for ours, theirs in columns.items()
+    }
 
 
 def take(columns: Columns, index: np.ndarray) -> Columns:
@@ -163,7 +196,7 @@ def take(columns: Columns, index: np.ndarray) -> Columns:
 
 def split_pool(pool: Columns, validation: float, test: float, seed: int) -> dict[str, Columns]:
     """Deterministic train/validation/test slices of one unsplit pool (a seeded permutation)."""
-    n = len(pool["label"])
+    n = len(next(iter(pool.values())))
     order = np.random.default_rng(seed).permutation(n)
     n_test, n_val = round(n * test), round(n * validation)
     return {

@@ -29,8 +29,9 @@ from kdjax.data.dataset import Dataset, build_dataset
 from kdjax.data.sources import resolve_checkpoint
 from kdjax.models import from_pretrained, from_teacher_layers, random_student, save_pretrained
 from kdjax.models.config import EncoderConfig
+from kdjax.tasks import get_task
 from kdjax.training.batching import epoch_batches, take
-from kdjax.training.evaluate import classification_metrics, predict_logits
+from kdjax.training.evaluate import predict_logits
 from kdjax.training.mesh import data_sharded, make_mesh, put_batch, replicated
 from kdjax.training.step import init_state, make_optimizer, make_predict, make_train_step, objective
 
@@ -80,11 +81,12 @@ def tokenizer_source(init: ModelInit) -> Path:
 
 
 def build_student(init: ModelInit, task: str, labels, seed: int, sharding):
+    labels = list(labels) or None  # extractive QA has no label names
     if init.init == "pretrained":
         return from_pretrained(
             resolve_checkpoint(init.path),
             task,
-            labels=list(labels),
+            labels=labels,
             seed=seed,
             reinit_head=True,
             sharding=sharding,
@@ -116,7 +118,7 @@ def _check_teacher(path: Path, cfg: RunConfig, ds: Dataset, tokenizer) -> None:
     """Fail before compute when the teacher cannot teach this student on this data."""
     hf = json.loads((path / "config.json").read_text())
     names = [hf.get("id2label", {}).get(str(i)) for i in range(len(hf.get("id2label", {})))]
-    if names != list(ds.labels):
+    if cfg.task != "extractive_qa" and names != list(ds.labels):
         raise ValueError(
             f"teacher: {path} was trained with labels {names}, but this run's label set is "
             f"{list(ds.labels)}; they must match in order (set data.labels)"
@@ -165,7 +167,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     rep = replicated(mesh)
     t_dir = teacher_dir(cfg.teacher) if cfg.teacher else None
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source(cfg.model)))
-    ds = build_dataset(cfg.data, tokenizer, seed=cfg.data.split.seed)
+    task = get_task(cfg.task)
+    ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed)
     if t_dir is not None:
         _check_teacher(t_dir, cfg, ds, tokenizer)
     out = _Outputs(cfg)
@@ -175,7 +178,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     graphdef, params = nnx.split(student)
     teacher_graphdef = teacher_params = None
     if t_dir is not None:
-        teacher = from_pretrained(t_dir, cfg.task, labels=list(ds.labels), sharding=rep)
+        teacher = from_pretrained(t_dir, cfg.task, labels=list(ds.labels) or None, sharding=rep)
         teacher_graphdef, teacher_params = nnx.split(teacher)
 
     train_split = ds.splits["train"]
@@ -208,19 +211,18 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             )
 
     def evaluate(params, split: str) -> dict[str, float]:
-        logits = predict_logits(
-            predict, params, ds.splits[split], mesh, tc.eval_batch_size, tc.group_by_length
-        )
-        return classification_metrics(logits, ds.splits[split].labels, teacher_eval.get(split))
+        enc = ds.splits[split]
+        logits = predict_logits(predict, params, enc, mesh, tc.eval_batch_size, tc.group_by_length)
+        return task.evaluate(logits, enc, ds.labels, teacher_eval.get(split))
 
     key = jax.random.key(tc.seed)
     rng = np.random.default_rng(tc.seed)
-    arrays = train_split.arrays()
+    arrays = train_split.arrays
     best: tuple[float, float] | None = None
     best_epoch, history = 0, []
     bar = tqdm(total=total, desc=f"train {out.dir.name}", disable=not progress, unit="step")
     train_start = time.time()
-    lengths = train_split.attention_mask.sum(1)
+    lengths = arrays["attention_mask"].sum(1)
     for epoch in range(1, tc.epochs + 1):
         batches = epoch_batches(lengths, tc.batch_size, rng, tc.group_by_length)
         for i, idx in enumerate(batches):
@@ -248,7 +250,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         out.log(event="eval", split="validation", epoch=epoch, step=epoch_step, **val)
         history.append({"epoch": epoch, **val})
         bar.write(f"epoch {epoch}: " + ", ".join(f"validation {k} {v:.4f}" for k, v in val.items()))
-        score = (val["accuracy"], -val["loss"])
+        score = (val[task.metric], -val["loss"])
         if best is None or score > best:
             best, best_epoch = score, epoch
             out.ckpt.save(epoch, args=ocp.args.StandardSave(nnx.to_pure_dict(state.params)))
@@ -264,6 +266,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     result = {
         "kind": "distill" if cfg.teacher else "finetune",
         "task": cfg.task,
+        "metric": task.metric,
         "best_epoch": best_epoch,
         "validation": evaluate(best_params, "validation"),
         "test": evaluate(best_params, "test"),

@@ -11,6 +11,7 @@ from flax import nnx
 
 from kdjax.config import KDConfig, TrainConfig
 from kdjax.losses import kd_loss, label_loss
+from kdjax.tasks import get_task
 
 
 class TrainState(NamedTuple):
@@ -38,23 +39,25 @@ def make_optimizer(cfg: TrainConfig, total_steps: int):
 
 
 def objective(task: str, kd: KDConfig | None):
-    """loss(student_logits, teacher_logits, batch) for `task`; batch rows weighted by `weight`."""
-    if task != "classification":
-        raise NotImplementedError(f"task {task!r} is not supported by this trainer yet")
+    """loss(student_logits, teacher_logits, batch) for `task`; padding rows have weight 0."""
+    t = get_task(task)
 
     def loss(student_logits, teacher_logits, batch):
+        logits, labels, mask, class_mask = t.loss_inputs(student_logits, batch)
         if kd is None or kd.alpha == 0:
-            return label_loss(student_logits, batch["labels"], mask=batch["weight"])
+            return label_loss(logits, labels, mask=mask, class_mask=class_mask)
+        t_logits = t.loss_inputs(teacher_logits, batch)[0]
         return kd_loss(
-            student_logits,
-            teacher_logits,
-            batch["labels"],
+            logits,
+            t_logits,
+            labels,
             distance=kd.distance,
             alpha=kd.alpha,
             tau_t=kd.tau_t,
             tau_s=kd.student_tau,
             tau_squared=kd.tau_squared,
-            mask=batch["weight"],
+            mask=mask,
+            class_mask=class_mask,
         )
 
     return loss
