@@ -1,8 +1,9 @@
-"""`kdjax` command line: finetune, distill, demo."""
+"""`kdjax` command line: finetune, distill, datasets, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -26,6 +27,34 @@ def _run(args, kind: str) -> None:
     )
 
 
+def _datasets(args) -> None:
+    from kdjax.presets import dataset_presets
+
+    presets = dataset_presets()
+    if args.json:
+        for p in presets.values():
+            d = p.data
+            print(
+                json.dumps(
+                    {
+                        "name": p.name,
+                        "task": p.task,
+                        "family": p.family,
+                        "metric": p.metric,
+                        "source": p.source,
+                        "hub": d.hub.model_dump() if d.hub else None,
+                        "split_note": p.split_note,
+                        "labels": list(d.labels) if d.labels else None,
+                        "max_length": d.max_length,
+                    }
+                )
+            )
+        return
+    width = max(len(n) for n in presets)
+    for p in presets.values():
+        print(f"{p.name:<{width}}  {p.family:<14}  {p.metric:<8}  {p.source}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdjax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -38,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("config", help="YAML run config")
         p.add_argument("--output-dir", help="override output_dir from the config")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p = sub.add_parser("datasets", help="list the dataset presets (experiments/datasets)")
+    p.add_argument("--json", action="store_true", help="one JSON object per preset")
     p = sub.add_parser("demo", help="the offline demo: teacher, no-KD student, KD student")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
@@ -49,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        if args.command == "demo":
+        if args.command == "datasets":
+            _datasets(args)
+        elif args.command == "demo":
             from kdjax.demo import run_demo
 
             run_demo(args.workdir, fresh=args.fresh)

@@ -184,7 +184,7 @@ class ConfigError(ValueError):
     """A config file that does not validate; the message lists each bad field."""
 
 
-def _format(e: ValidationError, where: str) -> str:
+def format_errors(e: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid configuration"]
     for err in e.errors():
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
@@ -198,10 +198,15 @@ def _format(e: ValidationError, where: str) -> str:
 
 
 def parse_config(data: dict[str, Any], where: str = "config") -> RunConfig:
+    """Validate a run config dict (expanding `data.preset`)."""
+    from kdjax.presets import resolve_data
+
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(resolve_data(data))
     except ValidationError as e:
-        raise ConfigError(_format(e, where)) from None
+        raise ConfigError(format_errors(e, where)) from None
+    except ValueError as e:  # an unknown preset, a task that contradicts it
+        raise ConfigError(f"{where}: invalid configuration\n  {e}") from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
