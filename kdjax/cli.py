@@ -55,6 +55,16 @@ def _datasets(args) -> None:
         print(f"{p.name:<{width}}  {p.family:<14}  {p.metric:<8}  {p.source}")
 
 
+def _students(args) -> None:
+    from kdjax.presets import student_presets
+
+    for p in student_presets().values():
+        if args.json:
+            print(json.dumps({"name": p.name, "description": p.description, "model": p.model}))
+        else:
+            print(f"{p.name:<14}  {p.description}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdjax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -69,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = sub.add_parser("datasets", help="list the dataset presets (experiments/datasets)")
     p.add_argument("--json", action="store_true", help="one JSON object per preset")
+    p = sub.add_parser("students", help="list the student presets (experiments/students.yaml)")
+    p.add_argument("--json", action="store_true", help="one JSON object per preset")
     p = sub.add_parser("demo", help="the offline demo: teacher, no-KD student, KD student")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "datasets":
             _datasets(args)
+        elif args.command == "students":
+            _students(args)
         elif args.command == "demo":
             from kdjax.demo import run_demo
 

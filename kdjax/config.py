@@ -168,6 +168,15 @@ class RunConfig(Frozen):
     data: DataConfig
     model: ModelInit
     teacher: str | None = Field(None, description="a finetune output directory or a checkpoint")
+    teacher_checkpoint: Literal["hs", "ll"] = Field(
+        "hs", description="hs: highest validation score; ll: lowest validation loss"
+    )
+    teacher_mode: Literal["cached", "online"] = Field(
+        "cached", description="cached: exact teacher logits computed once and shared by runs"
+    )
+    cache_dir: str | None = Field(
+        None, description="where teacher logits are cached; default: TEACHER_RUN/logit_cache"
+    )
     kd: KDConfig | None = None
     train: TrainConfig = TrainConfig()
     mesh: MeshConfig = MeshConfig()
@@ -199,13 +208,13 @@ def format_errors(e: ValidationError, where: str) -> str:
 
 def parse_config(data: dict[str, Any], where: str = "config") -> RunConfig:
     """Validate a run config dict (expanding `data.preset`)."""
-    from kdjax.presets import resolve_data
+    from kdjax.presets import resolve_data, resolve_model
 
     try:
-        return RunConfig.model_validate(resolve_data(data))
+        return RunConfig.model_validate(resolve_model(resolve_data(data)))
     except ValidationError as e:
         raise ConfigError(format_errors(e, where)) from None
-    except ValueError as e:  # an unknown preset, a task that contradicts it
+    except ValueError as e:  # an unknown preset, a task that contradicts one
         raise ConfigError(f"{where}: invalid configuration\n  {e}") from None
 
 

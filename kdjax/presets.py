@@ -68,6 +68,45 @@ _FILE_COLUMNS = {
 }
 
 
+STUDENTS_FILE = PRESET_DIR.parent / "students.yaml"
+
+
+class StudentPreset(Frozen):
+    name: str
+    description: str
+    model: dict[str, Any]
+
+
+@functools.cache
+def student_presets(path: Path = STUDENTS_FILE) -> dict[str, StudentPreset]:
+    """Student presets by name, each a run config's `model` section (validated on use)."""
+    raw = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for name, body in raw.items():
+        try:
+            out[name] = StudentPreset.model_validate({"name": name, **body})
+        except ValidationError as e:
+            raise ValueError(format_errors(e, f"{path}: {name}")) from None
+    return out
+
+
+def resolve_model(run: dict[str, Any]) -> dict[str, Any]:
+    """A run config dict with `model.preset` replaced by that student preset's model section."""
+    model = run.get("model")
+    if not isinstance(model, dict) or "preset" not in model:
+        return run
+    presets = student_presets()
+    name = model["preset"]
+    if name not in presets:
+        raise ValueError(
+            f"model.preset: unknown student preset {name!r}; allowed: {', '.join(presets)}"
+        )
+    extra = set(model) - {"preset"}
+    if extra:
+        raise ValueError(f"model: {sorted(extra)} cannot be combined with a preset")
+    return {**run, "model": dict(presets[name].model)}
+
+
 def resolve_data(run: dict[str, Any]) -> dict[str, Any]:
     """A run config dict with `data.preset` expanded (and `task` taken from the preset)."""
     data = run.get("data")

@@ -57,7 +57,8 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
 
         return Path(
             snapshot_download(
-                str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.txt"]
+                str(name_or_path),
+                allow_patterns=["*.json", "*.safetensors", "*.txt", "pytorch_model.bin"],
             )
         )
     except Exception as e:  # offline, unknown id, ...
