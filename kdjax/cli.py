@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
-        ("finetune", "fine-tune a model (a teacher) on labels"),
-        ("distill", "distil a student from a teacher"),
+        ("finetune", "fine-tune a model on labels (keeps hs and ll checkpoints)"),
+        ("teacher", "fine-tune a teacher: the same as finetune"),
+        ("distill", "distil a student from a teacher run (teacher_checkpoint: hs | ll)"),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", help="YAML run config")
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_demo(args.workdir, fresh=args.fresh)
         else:
-            _run(args, args.command)
+            _run(args, "finetune" if args.command == "teacher" else args.command)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -72,6 +72,13 @@ def test_finetune_writes_its_outputs(teacher_run):
     assert result["versions"]["jax"] and result["wall_time_s"] > 0
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "model" / "tokenizer.json").is_file() or (out / "model" / "vocab.txt").is_file()
+    # hs = highest validation accuracy (ties: lower loss), ll = lowest validation loss.
+    hist = result["history"]
+    ll = min(hist, key=lambda h: h["loss"])["epoch"]
+    hs = max(hist, key=lambda h: (h["accuracy"], -h["loss"]))["epoch"]
+    assert result["checkpoints"]["ll"]["epoch"] == ll and result["checkpoints"]["hs"]["epoch"] == hs
+    for which in ("hs", "ll", "last"):
+        assert any(p.name.isdigit() for p in (out / "checkpoints" / which).iterdir())
     # The best epoch was restored from its checkpoint: its validation metrics match the history.
     best = result["history"][result["best_epoch"] - 1]
     assert result["validation"]["accuracy"] == best["accuracy"]
@@ -90,7 +97,9 @@ def test_distill_from_the_finetuned_teacher(teacher_run, tmp_path):
     result = train(parse_config(cfg), progress=False)
     assert result["kind"] == "distill" and result["kd"]["distance"] == "kl"
     assert 0.0 <= result["test"]["agreement"] <= 1.0
-    assert result["teacher"] == str(teacher_out / "model")
+    assert result["teacher"] == str(teacher_out) and result["teacher_checkpoint"] == "hs"
+    assert result["teacher_mode"] == "cached"
+    assert any((teacher_out / "logit_cache").glob("*/manifest.json"))
 
 
 def test_teacher_with_other_labels_fails_before_training(teacher_run, tmp_path):
@@ -129,3 +138,45 @@ def test_cli_reports_bad_config(tmp_path, capsys):
     f.write_text(yaml.safe_dump(missing))
     assert main(["distill", str(f)]) == 2
     assert "does not exist; fine-tune the teacher first" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """A run interrupted after epoch 1 resumes at epoch 2 and ends exactly where an
+    uninterrupted run ends."""
+    from safetensors.numpy import load_file
+
+    from kdjax.training import run_dir
+
+    cfg = parse_config(
+        _cfg(
+            tmp_path / "a",
+            train={"epochs": 2, "batch_size": 12, "learning_rate": 1e-3, "log_every": 2},
+        )
+    )
+    whole = train(cfg, progress=False)
+
+    cfg = parse_config(
+        _cfg(
+            tmp_path / "b",
+            train={"epochs": 2, "batch_size": 12, "learning_rate": 1e-3, "log_every": 2},
+        )
+    )
+    real_save = run_dir.RunDir.save_last
+
+    def save_then_die(self, epoch, state, host):
+        real_save(self, epoch, state, host)
+        raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(run_dir.RunDir, "save_last", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    assert not (tmp_path / "b" / "result.json").exists()
+    monkeypatch.setattr(run_dir.RunDir, "save_last", real_save)
+    resumed = train(cfg, progress=False)
+    assert resumed["resumed_after_epoch"] == 1 and whole["resumed_after_epoch"] is None
+    assert resumed["history"] == whole["history"]
+    a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=1e-6, rtol=0)

@@ -84,17 +84,19 @@ def make_train_step(
 ):
     """A jitted `step(state, teacher_params, batch, key) -> (state, metrics)`.
 
-    The teacher (when given) runs in eval mode inside the step, outside the optimizer, behind
-    `stop_gradient`. `state` is donated; metrics stay on device until the caller fetches them.
+    The teacher's logits come from `batch["teacher_logits"]` (cached) or, with
+    `teacher_graphdef`, from the teacher run in eval mode inside the step (online); either way
+    outside the optimizer, behind `stop_gradient`. `state` is donated; metrics stay on device
+    until the caller fetches them.
     """
 
     def step(state: TrainState, teacher_params, batch, key):
         key = jax.random.fold_in(key, state.step)
-        teacher_logits = None
+        teacher_logits = batch.get("teacher_logits")  # cached logits travel with the batch
         if teacher_graphdef is not None:
-            teacher_logits = jax.lax.stop_gradient(
-                _forward(teacher_graphdef, teacher_params, batch).astype(jnp.float32)
-            )
+            teacher_logits = _forward(teacher_graphdef, teacher_params, batch)
+        if teacher_logits is not None:
+            teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
 
         def compute(params):
             logits = _forward(graphdef, params, batch, dropout_key=key)

@@ -1,0 +1,110 @@
+"""A run's output directory: resolved config, metrics log, checkpoints, exported model, result.
+
+Checkpoints (Orbax), one manager each, one step kept:
+  checkpoints/hs    params of the epoch with the highest validation score
+  checkpoints/ll    params of the epoch with the lowest validation loss
+  checkpoints/last  the full train state after the latest epoch, with the loop's host state,
+                    so that a killed run resumes at its next epoch instead of starting over
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orbax.checkpoint as ocp
+import yaml
+from flax import nnx
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = ("hs", "ll")
+
+
+def _manager(path: Path) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+    return ocp.CheckpointManager(path.absolute(), options=options)
+
+
+def restore_params(run: Path, which: str, target) -> Any:
+    """Params saved as checkpoint `which` (hs/ll) of the run in `run`, restored into the shape
+    and sharding of `target` (an nnx.State)."""
+    path = Path(run) / "checkpoints" / which
+    with _manager(path) as mngr:
+        step = mngr.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"teacher: no {which!r} checkpoint in {path}")
+        restored = mngr.restore(step, args=ocp.args.StandardRestore(nnx.to_pure_dict(target)))
+    nnx.replace_by_pure_dict(target, restored)
+    return target
+
+
+class RunDir:
+    def __init__(self, path: str | Path, config: dict[str, Any]):
+        self.dir = Path(path)
+        self.config = config
+        saved = self.dir / "config.yaml"
+        same = saved.is_file() and yaml.safe_load(saved.read_text()) == config
+        if self.dir.exists() and not same and (self.dir / "checkpoints").exists():
+            log.warning("%s holds a run with another config; starting over", self.dir)
+            shutil.rmtree(self.dir / "checkpoints")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(yaml.safe_dump(config))
+        self.managers = {n: _manager(self.dir / "checkpoints" / n) for n in (*CHECKPOINTS, "last")}
+        self.metrics = (self.dir / "metrics.jsonl").open("a")
+
+    def log(self, **row: Any) -> None:
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+
+    def save_params(self, which: str, epoch: int, params) -> None:
+        self.managers[which].save(epoch, args=ocp.args.StandardSave(nnx.to_pure_dict(params)))
+
+    def save_last(self, epoch: int, state, host: dict[str, Any]) -> None:
+        """The full train state and the loop's host-side state (history, bests) after `epoch`."""
+        # hs/ll first: once `last` says epoch N is finished, its hs/ll saves are complete.
+        for which in CHECKPOINTS:
+            self.managers[which].wait_until_finished()
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(_pure_state(state)), host=ocp.args.JsonSave(host)
+        )
+        self.managers["last"].save(epoch, args=args)
+        self.managers["last"].wait_until_finished()
+
+    def resume(self, state):
+        """(state, host) from the last finished epoch, or None when there is none."""
+        mngr = self.managers["last"]
+        step = mngr.latest_step()
+        if step is None:
+            return None
+        target = _pure_state(state)
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), host=ocp.args.JsonRestore()
+        )
+        restored = mngr.restore(step, args=args)
+        return _replace_state(state, restored["state"]), restored["host"]
+
+    def close(self, result: dict[str, Any]) -> None:
+        for mngr in self.managers.values():
+            mngr.wait_until_finished()
+            mngr.close()
+        self.metrics.close()
+        tmp = self.dir / "result.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(self.dir / "result.json")
+
+
+def _pure_state(state):
+    return {
+        "params": nnx.to_pure_dict(state.params),
+        "opt_state": state.opt_state,
+        "step": state.step,
+    }
+
+
+def _replace_state(state, restored):
+    nnx.replace_by_pure_dict(state.params, restored["params"])
+    return state._replace(opt_state=restored["opt_state"], step=restored["step"])

@@ -1,0 +1,127 @@
+"""The teacher of a distillation run: where it is, which checkpoint, and its logits.
+
+The teacher is fixed and in eval mode, so on a fixed tokenisation its logits are a
+deterministic function of (teacher params, data, tokenisation). In `cached` mode they are
+computed once per split and stored raw (float32, temperature-free) by `LogitCache`, keyed by
+all of those, and shared by every run and student size that needs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from kdjax.config import RunConfig
+from kdjax.data.sources import resolve_checkpoint
+from kdjax.models import from_pretrained
+from kdjax.training.evaluate import predict_logits
+from kdjax.training.logit_cache import LogitCache
+from kdjax.training.run_dir import restore_params
+from kdjax.training.step import make_predict
+
+SPLITS = ("train", "validation", "test")
+
+
+def teacher_paths(teacher: str, checkpoint: str) -> tuple[Path, Path | None]:
+    """(HF model directory, teacher run directory or None) for a run dir or a checkpoint."""
+    path = Path(teacher)
+    if not path.exists() and (os.sep in teacher or teacher.startswith(".")):
+        raise FileNotFoundError(
+            f"teacher: {path} does not exist; fine-tune the teacher first (`kdjax finetune`)"
+        )
+    if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
+        if not (path / "model" / "config.json").is_file():
+            raise FileNotFoundError(
+                f"teacher: {path} holds no finished teacher run (no model/config.json); "
+                "finish it with `kdjax finetune` first"
+            )
+        ckpt = path / "checkpoints" / checkpoint
+        if not any(p.name.isdigit() for p in ckpt.glob("*")):
+            raise FileNotFoundError(f"teacher: {path} has no {checkpoint!r} checkpoint ({ckpt})")
+        return path / "model", path
+    if checkpoint != "hs":
+        raise ValueError(
+            f"teacher_checkpoint: {checkpoint!r} needs a teacher run directory (with hs and ll "
+            f"checkpoints); {teacher} is a plain checkpoint"
+        )
+    return resolve_checkpoint(teacher), None
+
+
+def load_teacher(cfg: RunConfig, labels: tuple[str, ...], sharding):
+    """The teacher model (eval use only) with the chosen checkpoint's params."""
+    model_dir, run = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)
+    teacher = from_pretrained(model_dir, cfg.task, labels=list(labels) or None, sharding=sharding)
+    if run is not None:
+        graphdef, params = nnx.split(teacher)
+        teacher = nnx.merge(graphdef, restore_params(run, cfg.teacher_checkpoint, params))
+    return teacher
+
+
+def params_sha256(params) -> str:
+    """Content hash of a model's params (names, shapes, dtypes and bytes)."""
+    h = hashlib.sha256()
+    flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]
+    for path, leaf in sorted(flat, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        value = np.asarray(jax.device_get(leaf))
+        h.update(f"{jax.tree_util.keystr(path)}|{value.shape}|{value.dtype}".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def _tokenizer_id(tokenizer) -> dict[str, Any]:
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), separators=(",", ":"))
+    return {
+        "class": type(tokenizer).__name__,
+        "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
+        "lowercase": getattr(tokenizer, "do_lower_case", None),
+    }
+
+
+def cache_inputs(cfg: RunConfig, t_params, tokenizer, seq_lens: dict[str, int]) -> dict:
+    """Everything that determines the teacher's logits on this run's rows."""
+    data = cfg.data.model_dump(mode="json")
+    return {
+        "teacher_sha256": params_sha256(t_params),
+        "task": cfg.task,
+        "dataset": data,
+        "tokenization": {**_tokenizer_id(tokenizer), "seq_len": seq_lens},
+    }
+
+
+def default_cache_dir(cfg: RunConfig) -> Path:
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    _, run = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)
+    base = run if run is not None else Path(cfg.output_dir).parent
+    return base / "logit_cache"
+
+
+def teacher_logits(cfg: RunConfig, teacher, ds, tokenizer, mesh, batch_size: int, log=None):
+    """{split: float32 logits [rows, ...]} for every split: cached (built once, memory-mapped)
+    or computed now (online mode, used for evaluation agreement)."""
+    graphdef, params = nnx.split(teacher)
+    predict = make_predict(graphdef)
+
+    def build() -> dict[str, np.ndarray]:
+        # Untrimmed batches: the cache must not depend on how a run groups lengths.
+        return {
+            s: predict_logits(predict, params, ds.splits[s], mesh, batch_size, trim=False)
+            for s in SPLITS
+        }
+
+    if cfg.teacher_mode == "online":  # the step runs the teacher; evaluation needs these two
+        return {
+            s: predict_logits(predict, params, ds.splits[s], mesh, batch_size, trim=False)
+            for s in ("validation", "test")
+        }
+    seq_lens = {s: ds.splits[s].seq_len for s in SPLITS}
+    cache = LogitCache(default_cache_dir(cfg))
+    inputs = cache_inputs(cfg, params, tokenizer, seq_lens)
+    return cache.get_or_build(inputs, build, log=log)

@@ -1,0 +1,161 @@
+"""Teachers as a study axis: cached logits are exact, shared, verified and rebuilt when stale."""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from kdjax.config import parse_config
+from kdjax.models import random_student, save_pretrained
+from kdjax.models.config import EncoderConfig
+from kdjax.training import train
+
+DATA = Path(__file__).parent / "data"
+TINY = {
+    "init": "random",
+    "layers": 1,
+    "hidden": 32,
+    "heads": 2,
+    "intermediate": 64,
+    "tokenizer": "all-minilm-l6-v2",
+}
+CONLL = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+TASKS = {
+    "classification": (
+        {
+            "files": {
+                "train": str(DATA / "sentiment_train.csv"),
+                "validation": str(DATA / "sentiment_validation.jsonl"),
+                "test": str(DATA / "sentiment_test.jsonl"),
+            },
+            "text_column": "sentence",
+            "label_column": "sentiment",
+            "labels": ["neg", "pos"],
+        },
+        ["neg", "pos"],
+    ),
+    "token_classification": (
+        {
+            "files": {s: str(DATA / "ner" / f"{s}.conll") for s in ("train", "validation", "test")},
+            "labels": CONLL,
+            "limit": {"train": 16},
+        },
+        CONLL,
+    ),
+    "extractive_qa": (
+        {
+            "files": {
+                "train": str(DATA / "qa" / "train.json"),
+                "validation": str(DATA / "qa" / "dev.json"),
+                "test": str(DATA / "qa" / "dev.json"),
+            },
+            "doc_stride": 16,
+        },
+        None,
+    ),
+}
+
+
+def _teacher(tmp_path, task, labels):
+    base = EncoderConfig(vocab_size=30522, max_position_embeddings=64)
+    model = random_student(
+        task, base=base, layers=1, hidden=32, heads=2, intermediate=64, labels=labels, seed=7
+    )
+    return str(save_pretrained(model, tmp_path / f"teacher-{task}"))
+
+
+def _cfg(tmp_path, task, name, **over):
+    data, labels = TASKS[task]
+    d = {
+        "task": task,
+        "data": {"source": "files", "max_length": 48, **data},
+        "model": TINY,
+        "teacher": _teacher(tmp_path, task, labels),
+        "kd": {"distance": "kl", "alpha": 0.7, "tau_t": 2.0, "tau_s": 1.0},
+        # Equal train and eval batch shapes: the teacher's forward pass then runs on the same
+        # shapes in both modes, so not even GEMM blocking can round the two differently (Adam
+        # turns 1e-8 gradient noise on near-zero gradients into lr-sized steps).
+        "train": {
+            "epochs": 1,
+            "batch_size": 8,
+            "eval_batch_size": 8,
+            "learning_rate": 1e-3,
+            "group_by_length": False,
+            "log_every": 1,
+        },
+        "cache_dir": str(tmp_path / "cache"),
+        "output_dir": str(tmp_path / name),
+    }
+    d.update(over)
+    return parse_config(d)
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_cached_teacher_trains_exactly_like_the_online_teacher(tmp_path, task):
+    cached = train(_cfg(tmp_path, task, "cached"), progress=False)
+    online = train(_cfg(tmp_path, task, "online", teacher_mode="online"), progress=False)
+    assert cached["steps"] == online["steps"] >= 2
+    a = load_file(str(tmp_path / "cached" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "online" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0, err_msg=k)
+    np.testing.assert_allclose(cached["test"]["loss"], online["test"]["loss"], rtol=1e-6)
+    assert cached["test"]["agreement"] == online["test"]["agreement"]
+    # The cache holds one entry with every split, float32, memory-mappable.
+    entries = list((tmp_path / "cache").glob("*/manifest.json"))
+    assert len(entries) == 1
+    train_logits = np.load(entries[0].parent / "train.npy", mmap_mode="r")
+    assert train_logits.dtype == np.float32 and train_logits.shape[0] >= 8
+
+
+def test_cache_is_shared_rebuilt_for_other_tokenisation_and_when_corrupt(tmp_path, caplog):
+    cfg = _cfg(tmp_path, "classification", "a")
+    train(cfg, progress=False)
+    entries = sorted((tmp_path / "cache").glob("*/manifest.json"))
+    assert len(entries) == 1
+    built = entries[0].stat().st_mtime_ns
+    # Another run with the same teacher, data and tokenisation reuses it (another student).
+    other = _cfg(tmp_path, "classification", "b", model={**TINY, "layers": 2})
+    train(other, progress=False)
+    assert sorted((tmp_path / "cache").glob("*/manifest.json")) == entries
+    assert entries[0].stat().st_mtime_ns == built
+    # Another tokenisation (max_length) never uses it: a second entry is built.
+    longer = _cfg(tmp_path, "classification", "c")
+    longer = parse_config(
+        {
+            **longer.model_dump(mode="json"),
+            "data": {**longer.data.model_dump(mode="json"), "max_length": 40},
+        }
+    )
+    train(longer, progress=False)
+    assert len(list((tmp_path / "cache").glob("*/manifest.json"))) == 2
+    # A corrupt file is detected, reported and rebuilt.
+    npy = entries[0].parent / "train.npy"
+    raw = bytearray(npy.read_bytes())
+    raw[-5] ^= 0xFF
+    npy.write_bytes(bytes(raw))
+    with caplog.at_level(logging.WARNING):
+        train(cfg, progress=False)
+    assert "sha256 mismatch; rebuilding" in caplog.text
+
+
+def test_missing_teacher_checkpoint_fails_before_compute(tmp_path):
+    teacher_run = tmp_path / "teacher_run"
+    (teacher_run / "model").mkdir(parents=True)
+    (teacher_run / "checkpoints" / "hs" / "3").mkdir(parents=True)
+    save_pretrained(
+        random_student(
+            "classification", labels=["neg", "pos"], layers=1, hidden=32, heads=2, intermediate=64
+        ),
+        teacher_run / "model",
+    )
+    cfg = _cfg(tmp_path, "classification", "s", teacher=str(teacher_run), teacher_checkpoint="ll")
+    with pytest.raises(FileNotFoundError, match=r"teacher: .* has no 'll' checkpoint"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "s").exists()
+    plain = _cfg(tmp_path, "classification", "s2", teacher_checkpoint="ll")
+    with pytest.raises(ValueError, match=r"teacher_checkpoint: 'll' needs a teacher run directory"):
+        train(plain, progress=False)
