@@ -61,3 +61,24 @@ def test_trimmed_evaluation_equals_full_padding():
     trimmed = predict_logits(predict, params, split, mesh, 10, trim=True)
     assert full.shape == (n, 3)
     np.testing.assert_allclose(trimmed, full, atol=1e-5, rtol=0)
+
+
+def test_diagnostics_against_hand_computed_values():
+    from kdjax.tasks import get_task
+    from kdjax.training.diagnostics import diagnostics, expected_calibration_error
+
+    # ECE by hand: confidences 0.9 (right), 0.9 (wrong), 0.6 (right) in 15 bins.
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
+    gold = np.array([0, 1, 1])
+    assert abs(expected_calibration_error(probs, gold) - (2 / 3 * 0.4 + 1 / 3 * 0.4)) < 1e-12
+    s = np.log(np.array([[0.7, 0.3], [0.2, 0.8]]))
+    t = np.log(np.array([[0.4, 0.6], [0.1, 0.9]]))
+    enc = Encoded({"input_ids": np.zeros((2, 4), np.int32), "labels": np.array([0, 1])})
+    d = diagnostics(get_task("classification"), s, t, enc)
+    kl = np.mean(
+        [
+            0.4 * np.log(0.4 / 0.7) + 0.6 * np.log(0.6 / 0.3),
+            0.1 * np.log(0.1 / 0.2) + 0.9 * np.log(0.9 / 0.8),
+        ]
+    )
+    assert abs(d["kl_t1"] - kl) < 1e-9 and d["agreement_dist"] == 0.5

@@ -176,8 +176,13 @@ def test_preset_distils_on_a_fixture(name, tmp_path):
             "teacher": str(tmp_path / "teacher"),
             "kd": {"distance": "kl", "alpha": 0.5, "tau_t": 2.0},
             # One padded shape per model: a single compile of each step (length buckets add more).
-        "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 8, "log_every": 1,
-                  "group_by_length": False},
+            "train": {
+                "epochs": 1,
+                "batch_size": 4,
+                "eval_batch_size": 8,
+                "log_every": 1,
+                "group_by_length": False,
+            },
             "output_dir": str(tmp_path / "out"),
         }
     )

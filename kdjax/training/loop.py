@@ -29,6 +29,7 @@ from kdjax.models import from_pretrained, from_teacher_layers, random_student, s
 from kdjax.models.config import EncoderConfig
 from kdjax.tasks import get_task
 from kdjax.training.batching import epoch_batches, take
+from kdjax.training.diagnostics import diagnostics
 from kdjax.training.evaluate import predict_logits
 from kdjax.training.mesh import data_sharded, make_mesh, put_batch, replicated
 from kdjax.training.run_dir import RunDir, restore_params
@@ -166,10 +167,13 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     )
     predict = make_predict(graphdef)
 
-    def evaluate(params, split: str) -> dict[str, float]:
+    def evaluate(params, split: str, diagnose: bool = False) -> dict[str, float]:
         enc = ds.splits[split]
         logits = predict_logits(predict, params, enc, mesh, tc.eval_batch_size, tc.group_by_length)
-        return task.evaluate(logits, enc, ds.labels, t_logits.get(split))
+        metrics = task.evaluate(logits, enc, ds.labels, t_logits.get(split))
+        if diagnose:
+            metrics["diagnostics"] = diagnostics(task, logits, t_logits.get(split), enc)
+        return metrics
 
     # 4. Resume from the last finished epoch, if this run was interrupted.
     host = {"epoch": 0, "history": [], "hs": None, "ll": None}
@@ -239,7 +243,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         "metric": task.metric,
         "best_epoch": host["hs"]["epoch"],
         "validation": evaluate(state.params, "validation"),
-        "test": evaluate(state.params, "test"),
+        "test": evaluate(state.params, "test", diagnose=True),
         "checkpoints": checkpoints,
         "history": host["history"],
         "data": ds.info,
@@ -256,6 +260,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         "versions": versions(),
     }
     save_pretrained(nnx.merge(graphdef, state.params), run.dir / "model", tokenizer=tokenizer)
+    result["diagnostics"] = result["test"].pop("diagnostics")
     result["wall_time_s"] = round(time.time() - start, 2)
     run.close(result)
     return result

@@ -1,0 +1,88 @@
+"""Wall time of one distillation with the online teacher vs cached teacher logits, in one process.
+
+The same run three ways (same data, student, steps and seed): the teacher online in every train
+step; cached, first use (the cache is built: one teacher pass over every split); cached, warm
+(the cache exists, as for every later run of a study that shares the teacher).
+
+    python benchmarks/teacher_cache.py [--teacher DIR] [--train 1000] [--epochs 1]
+
+The teacher defaults to the demo teacher run (runs/demo/teacher) when it exists, else
+all-MiniLM-L6-v2 with a seeded fresh head (the same architecture and cost). The student is the
+2-layer demo student (minilm-l2). Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", default="runs/demo/teacher")
+    p.add_argument("--train", type=int, default=1000, help="training examples")
+    p.add_argument("--eval", type=int, default=200, help="validation and test examples each")
+    p.add_argument("--epochs", type=int, default=1)
+    args = p.parse_args()
+
+    from kdjax.config import parse_config
+    from kdjax.data.sources import minilm_dir
+    from kdjax.models import from_pretrained, save_pretrained
+    from kdjax.training import train
+
+    work = Path(tempfile.mkdtemp(prefix="kdjax-bench-"))
+    teacher = args.teacher
+    if not (Path(teacher) / "model" / "config.json").is_file():
+        model = from_pretrained(minilm_dir(), "classification", labels=["rotten", "fresh"])
+        teacher = str(save_pretrained(model, work / "teacher"))
+
+    def config(name: str, mode: str):
+        return parse_config({
+            "data": {"source": "rotten_tomatoes", "labels": ["rotten", "fresh"], "max_length": 64,
+                     "limit": {"train": args.train, "validation": args.eval, "test": args.eval}},
+            "model": {"preset": "minilm-l2"},
+            "teacher": teacher,
+            "teacher_mode": mode,
+            "cache_dir": str(work / "cache"),
+            "kd": {"distance": "ce", "alpha": 0.5, "tau_t": 2.0},
+            "train": {"epochs": args.epochs, "batch_size": 32, "learning_rate": 1e-4},
+            "output_dir": str(work / name),
+        })
+
+    times, results = {}, {}
+    for name, mode in (("online", "online"), ("cached_first", "cached"), ("cached_warm", "cached")):
+        t = time.perf_counter()
+        results[name] = train(config(name, mode), progress=False)
+        times[name] = time.perf_counter() - t
+    same = results["online"]["test"] == results["cached_warm"]["test"]
+    print(json.dumps({
+        "benchmark": "teacher_cache",
+        "what": "one distillation: online teacher vs cached teacher logits (wall time, s)",
+        "teacher": teacher,
+        "student": "minilm-l2",
+        "train_examples": args.train,
+        "eval_examples": args.eval,
+        "epochs": args.epochs,
+        "steps": results["online"]["steps"],
+        "online_s": round(times["online"], 2),
+        "cached_first_use_s": round(times["cached_first"], 2),
+        "cached_warm_s": round(times["cached_warm"], 2),
+        "speedup_warm": round(times["online"] / times["cached_warm"], 3),
+        "speedup_first_use": round(times["online"] / times["cached_first"], 3),
+        "online_train_s": results["online"]["train_time_s"],
+        "cached_train_s": results["cached_warm"]["train_time_s"],
+        "same_test_metrics": same,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "cpus": os.cpu_count(),
+    }))
+
+
+if __name__ == "__main__":
+    main()
