@@ -43,45 +43,58 @@ def main() -> None:
         teacher = str(save_pretrained(model, work / "teacher"))
 
     def config(name: str, mode: str):
-        return parse_config({
-            "data": {"source": "rotten_tomatoes", "labels": ["rotten", "fresh"], "max_length": 64,
-                     "limit": {"train": args.train, "validation": args.eval, "test": args.eval}},
-            "model": {"preset": "minilm-l2"},
-            "teacher": teacher,
-            "teacher_mode": mode,
-            "cache_dir": str(work / "cache"),
-            "kd": {"distance": "ce", "alpha": 0.5, "tau_t": 2.0},
-            "train": {"epochs": args.epochs, "batch_size": 32, "learning_rate": 1e-4},
-            "output_dir": str(work / name),
-        })
+        return parse_config(
+            {
+                "data": {
+                    "source": "rotten_tomatoes",
+                    "labels": ["rotten", "fresh"],
+                    "max_length": 64,
+                    "limit": {"train": args.train, "validation": args.eval, "test": args.eval},
+                },
+                "model": {"preset": "minilm-l2"},
+                "teacher": teacher,
+                "teacher_mode": mode,
+                "cache_dir": str(work / "cache"),
+                "kd": {"distance": "ce", "alpha": 0.5, "tau_t": 2.0},
+                "train": {"epochs": args.epochs, "batch_size": 32, "learning_rate": 1e-4},
+                "output_dir": str(work / name),
+            }
+        )
 
     times, results = {}, {}
     for name, mode in (("online", "online"), ("cached_first", "cached"), ("cached_warm", "cached")):
         t = time.perf_counter()
         results[name] = train(config(name, mode), progress=False)
         times[name] = time.perf_counter() - t
-    same = results["online"]["test"] == results["cached_warm"]["test"]
-    print(json.dumps({
-        "benchmark": "teacher_cache",
-        "what": "one distillation: online teacher vs cached teacher logits (wall time, s)",
-        "teacher": teacher,
-        "student": "minilm-l2",
-        "train_examples": args.train,
-        "eval_examples": args.eval,
-        "epochs": args.epochs,
-        "steps": results["online"]["steps"],
-        "online_s": round(times["online"], 2),
-        "cached_first_use_s": round(times["cached_first"], 2),
-        "cached_warm_s": round(times["cached_warm"], 2),
-        "speedup_warm": round(times["online"] / times["cached_warm"], 3),
-        "speedup_first_use": round(times["online"] / times["cached_first"], 3),
-        "online_train_s": results["online"]["train_time_s"],
-        "cached_train_s": results["cached_warm"]["train_time_s"],
-        "same_test_metrics": same,
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "cpus": os.cpu_count(),
-    }))
+    metric = results["online"]["metric"]
+    # Equal up to float rounding: the online teacher sees length-trimmed batches, the cache
+    # full-length rows, and Adam magnifies last-bit differences on near-zero gradients.
+    print(
+        json.dumps(
+            {
+                "benchmark": "teacher_cache",
+                "what": "one distillation: online teacher vs cached teacher logits (wall time, s)",
+                "teacher": teacher,
+                "student": "minilm-l2",
+                "train_examples": args.train,
+                "eval_examples": args.eval,
+                "epochs": args.epochs,
+                "steps": results["online"]["steps"],
+                "online_s": round(times["online"], 2),
+                "cached_first_use_s": round(times["cached_first"], 2),
+                "cached_warm_s": round(times["cached_warm"], 2),
+                "speedup_warm": round(times["online"] / times["cached_warm"], 3),
+                "speedup_first_use": round(times["online"] / times["cached_first"], 3),
+                "online_train_s": results["online"]["train_time_s"],
+                "cached_train_s": results["cached_warm"]["train_time_s"],
+                "test_metric_online": results["online"]["test"][metric],
+                "test_metric_cached": results["cached_warm"]["test"][metric],
+                "jax": jax.__version__,
+                "backend": jax.default_backend(),
+                "cpus": os.cpu_count(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -158,7 +158,8 @@ class TrainConfig(Frozen):
 
 
 class MeshConfig(Frozen):
-    data: int = Field(-1, description="devices on the data axis; -1 = all")
+    data: int = Field(-1, description="devices on the data axis; -1 = all left after fsdp")
+    fsdp: int = Field(1, ge=1, description="devices that params and optimizer state shard over")
 
 
 class RunConfig(Frozen):

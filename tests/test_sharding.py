@@ -1,5 +1,7 @@
 """The data-parallel step on 8 fake devices equals the single-device step."""
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ from flax import nnx
 from kdjax.config import KDConfig, MeshConfig, TrainConfig
 from kdjax.models import random_student
 from kdjax.models.config import EncoderConfig
-from kdjax.training.mesh import data_sharded, make_mesh, pad_batch, put_batch, replicated
+from kdjax.training.mesh import data_sharded, make_mesh, pad_batch, param_sharding, put_batch
 from kdjax.training.step import init_state, make_optimizer, make_train_step, objective
 
 BASE = EncoderConfig(vocab_size=97, max_position_embeddings=32)
@@ -25,49 +27,62 @@ def _batch(n, seq=16, seed=0):
     }
 
 
-def _train(mesh, batches, steps=3):
-    rep = replicated(mesh)
+def _train(mesh, batches, steps=2):
+    rule = param_sharding(mesh)
     size = dict(layers=2, hidden=32, heads=4, intermediate=64, base=BASE)
-    student = random_student("classification", 3, seed=1, sharding=rep, **size)
-    teacher = random_student("classification", 3, seed=2, sharding=rep, **size)
+    student = random_student("classification", 3, seed=1, sharding=rule, **size)
+    teacher = random_student("classification", 3, seed=2, sharding=rule, **size)
     graphdef, params = nnx.split(student)
     t_graphdef, t_params = nnx.split(teacher)
     tx, _ = make_optimizer(TrainConfig(learning_rate=1e-3, warmup_ratio=0.0), steps)
     kd = KDConfig(distance="kl", alpha=0.7, tau_t=2.0, tau_s=1.0)
+    state = init_state(params, tx, rule)
     step = make_train_step(
         graphdef,
         tx,
         objective("classification", kd),
         teacher_graphdef=t_graphdef,
-        state_sharding=rep,
+        state_sharding=jax.tree.map(lambda x: x.sharding, state),
+        teacher_sharding=jax.tree.map(lambda x: x.sharding, t_params),
         batch_sharding=data_sharded(mesh),
     )
-    state = init_state(params, tx, rep)
     key = jax.random.key(0)
     losses = []
     for b in batches[:steps]:
         state, m = step(state, t_params, put_batch(b, mesh), key)
         losses.append(float(m["loss"]))
-    return jax.device_get(nnx.to_pure_dict(state.params)), losses
+    return jax.device_get(nnx.to_pure_dict(state.params)), losses, state
 
 
+@functools.cache
+def _single_device(batch_size):
+    batches = [_batch(batch_size, seed=s) for s in range(2)]
+    params, losses, _ = _train(make_mesh(MeshConfig(data=1)), batches)
+    return params, losses
+
+
+MESHES = {"data8": MeshConfig(data=8), "data2xfsdp4": MeshConfig(data=2, fsdp=4)}
+
+
+@pytest.mark.parametrize("mesh_name", list(MESHES))
 @pytest.mark.parametrize("batch_size", [16, 12])  # 12 is not divisible by 8 devices
-def test_sharded_step_equals_single_device(batch_size):
+def test_sharded_step_equals_single_device(batch_size, mesh_name):
     assert len(jax.devices()) == 8
-    batches = [_batch(batch_size, seed=s) for s in range(3)]
-    p8, l8 = _train(make_mesh(MeshConfig(data=8)), batches)
-    p1, l1 = _train(make_mesh(MeshConfig(data=1)), batches)
+    batches = [_batch(batch_size, seed=s) for s in range(2)]
+    p8, l8, state8 = _train(make_mesh(MESHES[mesh_name]), batches)
+    p1, l1 = _single_device(batch_size)
     np.testing.assert_allclose(l8, l1, atol=1e-5, rtol=0)
     flat8, flat1 = jax.tree.leaves(p8), jax.tree.leaves(p1)
     assert len(flat8) == len(flat1) > 0
     for a, b in zip(flat8, flat1, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    if mesh_name == "data2xfsdp4":  # params and Adam moments really are split over fsdp
+        kernel = state8.params["encoder"]["layers"][0]["intermediate"]["kernel"][...]
+        assert "fsdp" in kernel.sharding.spec and len(kernel.addressable_shards) == 8
+        assert kernel.addressable_shards[0].data.shape[1] == 64 // 4
     # The update really moved the params (the comparison is not between two initial states).
-    _, params0 = nnx.split(
-        random_student(
-            "classification", 3, seed=1, layers=2, hidden=32, heads=4, intermediate=64, base=BASE
-        )
-    )
+    size = dict(layers=2, hidden=32, heads=4, intermediate=64, base=BASE)
+    _, params0 = nnx.split(random_student("classification", 3, seed=1, **size))
     moved = max(
         float(np.abs(a - b).max())
         for a, b in zip(flat1, jax.tree.leaves(nnx.to_pure_dict(params0)), strict=True)
@@ -81,9 +96,12 @@ def test_padding_rows_carry_no_weight():
     mesh = make_mesh(MeshConfig(data=8))
     placed = put_batch(_batch(5), mesh)
     assert placed["input_ids"].shape[0] == 8
-    assert placed["input_ids"].sharding.spec == jax.sharding.PartitionSpec("data")
+    assert placed["input_ids"].sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
 
 
 def test_mesh_size_is_checked():
     with pytest.raises(ValueError, match=r"mesh.data: must be -1 or in \[1, 8\]"):
         make_mesh(MeshConfig(data=9))
+    with pytest.raises(ValueError, match=r"mesh.fsdp: must divide the 8 devices here, got 3"):
+        make_mesh(MeshConfig(fsdp=3))
+    assert dict(make_mesh(MeshConfig(fsdp=2)).shape) == {"data": 4, "fsdp": 2}

@@ -196,10 +196,13 @@ class Model(nnx.Module):
         return self.head(x)  # extractive_qa: transformers applies no dropout before qa_outputs
 
 
-def create(build, sharding: jax.sharding.Sharding | None = None) -> Model:
+def create(build, sharding=None) -> Model:
     """Initialise the model that `build()` constructs, with its params created directly in
-    `sharding` (compiled initialisation; nothing is materialised on one device first)."""
+    `sharding` (a Sharding, or a function from an abstract param to its Sharding): compiled
+    initialisation, nothing materialised on one device first."""
     graphdef, abstract = nnx.split(nnx.eval_shape(build))
-    out = jax.tree.map(lambda _: sharding, abstract) if sharding is not None else None
+    out = None
+    if sharding is not None:
+        out = jax.tree.map(sharding if callable(sharding) else lambda _: sharding, abstract)
     state = jax.jit(lambda: nnx.split(build())[1], out_shardings=out)()
     return nnx.merge(graphdef, state)

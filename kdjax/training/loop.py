@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from kdjax.tasks import get_task
 from kdjax.training.batching import epoch_batches, take
 from kdjax.training.diagnostics import diagnostics
 from kdjax.training.evaluate import predict_logits
-from kdjax.training.mesh import data_sharded, make_mesh, put_batch, replicated
+from kdjax.training.mesh import data_sharded, make_mesh, param_sharding, put_batch
 from kdjax.training.run_dir import RunDir, restore_params
 from kdjax.training.step import init_state, make_optimizer, make_predict, make_train_step, objective
 from kdjax.training.teacher import load_teacher, teacher_logits, teacher_paths
@@ -127,7 +128,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     mesh = make_mesh(cfg.mesh)
-    rep = replicated(mesh)
+    rep = param_sharding(mesh)  # replicated unless mesh.fsdp > 1
     t_model_dir = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)[0] if cfg.teacher else None
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source(cfg.model)))
     task = get_task(cfg.task)
@@ -162,7 +163,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         tx,
         objective(cfg.task, kd),
         teacher_graphdef=online,
-        state_sharding=rep,
+        state_sharding=jax.tree.map(lambda x: x.sharding, state),
+        teacher_sharding=jax.tree.map(lambda x: x.sharding, t_params),
         batch_sharding=data_sharded(mesh),
     )
     predict = make_predict(graphdef)
@@ -220,7 +222,9 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         val = evaluate(state.params, "validation")
         run.log(event="eval", split="validation", epoch=epoch, step=step, **val)
         host["history"].append({"epoch": epoch, **val})
-        bar.write(f"epoch {epoch}: " + ", ".join(f"validation {k} {v:.4f}" for k, v in val.items()))
+        if progress:
+            summary = ", ".join(f"validation {k} {v:.4f}" for k, v in val.items())
+            bar.write(f"epoch {epoch}: {summary}", file=sys.stderr)
         for which, score in (("hs", [val[task.metric], -val["loss"]]), ("ll", [-val["loss"]])):
             if host[which] is None or score > host[which]["score"]:
                 host[which] = {"epoch": epoch, "score": score}

@@ -11,14 +11,22 @@ from kdjax.config import MeshConfig
 
 
 def make_mesh(cfg: MeshConfig | None = None, devices=None) -> Mesh:
-    """A 1-D `data` mesh over `cfg.data` devices (-1: all)."""
+    """A `data` × `fsdp` mesh. Batches are split over both axes; params and optimizer state
+    are sharded over `fsdp` (fully replicated when it is 1). `data: -1` takes all devices
+    left after `fsdp`."""
     cfg = cfg or MeshConfig()
     devices = list(devices if devices is not None else jax.devices())
-    n = len(devices) if cfg.data == -1 else cfg.data
-    if not 1 <= n <= len(devices):
-        raise ValueError(f"mesh.data: must be -1 or in [1, {len(devices)}] here, got {cfg.data}")
+    if cfg.fsdp < 1 or len(devices) % cfg.fsdp:
+        raise ValueError(f"mesh.fsdp: must divide the {len(devices)} devices here, got {cfg.fsdp}")
+    data = len(devices) // cfg.fsdp if cfg.data == -1 else cfg.data
+    if not 1 <= data * cfg.fsdp <= len(devices):
+        raise ValueError(
+            f"mesh.data: must be -1 or in [1, {len(devices) // cfg.fsdp}] here (with fsdp "
+            f"{cfg.fsdp}), got {cfg.data}"
+        )
+    grid = np.asarray(devices[: data * cfg.fsdp]).reshape(data, cfg.fsdp)
     # Auto axes: the compiler propagates shardings from the inputs we place explicitly.
-    return Mesh(np.asarray(devices[:n]), ("data",), axis_types=(AxisType.Auto,))
+    return Mesh(grid, ("data", "fsdp"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -26,11 +34,31 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def data_sharded(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P("data"))
+    """Rows split over every device of the mesh."""
+    return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def param_sharding(mesh: Mesh):
+    """The placement rule for params and optimizer state: each array is split over `fsdp` along
+    its largest dimension that divides evenly; small or indivisible arrays are replicated."""
+    n = mesh.shape["fsdp"]
+
+    def rule(leaf) -> NamedSharding:
+        shape = getattr(leaf, "shape", ())
+        if n == 1 or not shape:
+            return NamedSharding(mesh, P())
+        dims = [d for d in np.argsort(shape)[::-1] if shape[d] % n == 0 and shape[d] >= n]
+        if not dims:
+            return NamedSharding(mesh, P())
+        spec = [None] * len(shape)
+        spec[dims[0]] = "fsdp"
+        return NamedSharding(mesh, P(*spec))
+
+    return rule
 
 
 def padded_size(n: int, mesh: Mesh) -> int:
-    d = mesh.shape["data"]
+    d = mesh.size
     return -(-n // d) * d
 
 

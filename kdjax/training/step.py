@@ -80,6 +80,7 @@ def make_train_step(
     *,
     teacher_graphdef=None,
     state_sharding=None,
+    teacher_sharding=None,
     batch_sharding=None,
 ):
     """A jitted `step(state, teacher_params, batch, key) -> (state, metrics)`.
@@ -110,7 +111,7 @@ def make_train_step(
 
     in_shardings = out_shardings = None
     if state_sharding is not None:
-        in_shardings = (state_sharding, state_sharding, batch_sharding, None)
+        in_shardings = (state_sharding, teacher_sharding, batch_sharding, None)
         out_shardings = (state_sharding, None)
     return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
 
@@ -121,9 +122,11 @@ def make_predict(graphdef):
 
 
 def init_state(params, tx: optax.GradientTransformation, sharding=None) -> TrainState:
-    """Optimizer state created directly in `sharding` (params are already placed)."""
+    """Optimizer state created directly in `sharding` (a Sharding or a per-array rule, as for
+    the params, which are already placed)."""
     fn = lambda p: TrainState(p, tx.init(p), jnp.zeros((), jnp.int32))
     out = None
     if sharding is not None:
-        out = jax.tree.map(lambda _: sharding, jax.eval_shape(fn, params))
+        rule = sharding if callable(sharding) else lambda _: sharding
+        out = jax.tree.map(rule, jax.eval_shape(fn, params))
     return jax.jit(fn, out_shardings=out)(params)
