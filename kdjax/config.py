@@ -152,6 +152,9 @@ class TrainConfig(Frozen):
     max_grad_norm: float | None = Field(1.0, gt=0)
     seed: int = 0
     log_every: int = Field(10, ge=1)
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="matmul dtype; params, logits and losses stay float32"
+    )
     group_by_length: bool = Field(
         True, description="batch similar lengths together and trim padding (faster, esp. on CPU)"
     )

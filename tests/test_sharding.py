@@ -105,3 +105,21 @@ def test_mesh_size_is_checked():
     with pytest.raises(ValueError, match=r"mesh.fsdp: must divide the 8 devices here, got 3"):
         make_mesh(MeshConfig(fsdp=3))
     assert dict(make_mesh(MeshConfig(fsdp=2)).shape) == {"data": 4, "fsdp": 2}
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_loss():
+    mesh = make_mesh(MeshConfig(data=1))
+    rule = param_sharding(mesh)
+    size = dict(layers=2, hidden=32, heads=4, intermediate=64, base=BASE)
+    graphdef, params = nnx.split(random_student("classification", 3, seed=1, sharding=rule, **size))
+    tx, _ = make_optimizer(TrainConfig(learning_rate=1e-3, warmup_ratio=0.0), 2)
+    batch = put_batch(_batch(8), mesh)
+    losses = {}
+    for dtype in (None, jax.numpy.bfloat16):
+        step = make_train_step(graphdef, tx, objective("classification", None), compute_dtype=dtype)
+        state, m = step(init_state(params, tx), None, batch, jax.random.key(0))
+        losses[dtype] = float(m["loss"])
+        assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+    # Same loss to bf16 precision (8 bits of mantissa), not bit-equal.
+    assert losses[None] != losses[jax.numpy.bfloat16]
+    np.testing.assert_allclose(losses[jax.numpy.bfloat16], losses[None], rtol=2e-2)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
@@ -166,8 +167,9 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         state_sharding=jax.tree.map(lambda x: x.sharding, state),
         teacher_sharding=jax.tree.map(lambda x: x.sharding, t_params),
         batch_sharding=data_sharded(mesh),
+        compute_dtype=jnp.dtype(tc.compute_dtype),
     )
-    predict = make_predict(graphdef)
+    predict = make_predict(graphdef, jnp.dtype(tc.compute_dtype))
 
     def evaluate(params, split: str, diagnose: bool = False) -> dict[str, float]:
         enc = ds.splits[split]

@@ -63,8 +63,17 @@ def objective(task: str, kd: KDConfig | None):
     return loss
 
 
-def _forward(graphdef, params, batch, dropout_key=None):
-    model = nnx.merge(graphdef, params)
+def _cast(params, dtype):
+    """Floating params in `dtype` for the forward pass (the float32 master copy is untouched)."""
+    if dtype is None or dtype == jnp.float32:
+        return params
+    return jax.tree.map(
+        lambda p: p.astype(dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p, params
+    )
+
+
+def _forward(graphdef, params, batch, dropout_key=None, dtype=None):
+    model = nnx.merge(graphdef, _cast(params, dtype))
     return model(
         batch["input_ids"],
         batch["attention_mask"],
@@ -82,6 +91,7 @@ def make_train_step(
     state_sharding=None,
     teacher_sharding=None,
     batch_sharding=None,
+    compute_dtype=None,
 ):
     """A jitted `step(state, teacher_params, batch, key) -> (state, metrics)`.
 
@@ -100,8 +110,8 @@ def make_train_step(
             teacher_logits = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
 
         def compute(params):
-            logits = _forward(graphdef, params, batch, dropout_key=key)
-            return loss_fn(logits, teacher_logits, batch)
+            logits = _forward(graphdef, params, batch, dropout_key=key, dtype=compute_dtype)
+            return loss_fn(logits.astype(jnp.float32), teacher_logits, batch)
 
         loss, grads = jax.value_and_grad(compute)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -116,9 +126,13 @@ def make_train_step(
     return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
 
 
-def make_predict(graphdef):
+def make_predict(graphdef, compute_dtype=None):
     """A jitted `predict(params, batch) -> float32 logits` in eval mode (no dropout)."""
-    return jax.jit(lambda params, batch: _forward(graphdef, params, batch).astype(jnp.float32))
+    return jax.jit(
+        lambda params, batch: _forward(graphdef, params, batch, dtype=compute_dtype).astype(
+            jnp.float32
+        )
+    )
 
 
 def init_state(params, tx: optax.GradientTransformation, sharding=None) -> TrainState:
