@@ -65,6 +65,18 @@ def _students(args) -> None:
             print(f"{p.name:<14}  {p.description}")
 
 
+def _compile_check(args) -> None:
+    from kdjax.training.compile_check import compile_check
+
+    over = {"output_dir": "unused"}
+    cfg = load_config(args.config, over)
+    if args.batch_size:
+        cfg = cfg.model_copy(
+            update={"train": cfg.train.model_copy(update={"batch_size": args.batch_size})}
+        )
+    print(json.dumps(compile_check(cfg, args.device_memory_gb), indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdjax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -82,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="one JSON object per preset")
     p = sub.add_parser("students", help="list the student presets (experiments/students.yaml)")
     p.add_argument("--json", action="store_true", help="one JSON object per preset")
+    p = sub.add_parser(
+        "compile-check",
+        help="compile a config's train step for its mesh and print per-device memory and FLOPs",
+    )
+    p.add_argument("config", help="YAML run config")
+    p.add_argument("--devices", type=int, help="simulate this many devices (CPU host devices)")
+    p.add_argument("--batch-size", type=int, help="override train.batch_size (global)")
+    p.add_argument("--device-memory-gb", type=float, help="say whether it fits in this much")
     p = sub.add_parser("demo", help="the offline demo: teacher, no-KD student, KD student")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
@@ -92,11 +112,17 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if getattr(args, "devices", None):  # before JAX initialises its backends
+        os.environ["JAX_PLATFORMS"] = "cpu"
+        flag = f"--xla_force_host_platform_device_count={args.devices}"
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     try:
         if args.command == "datasets":
             _datasets(args)
         elif args.command == "students":
             _students(args)
+        elif args.command == "compile-check":
+            _compile_check(args)
         elif args.command == "demo":
             from kdjax.demo import run_demo
 

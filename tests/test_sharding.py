@@ -123,3 +123,37 @@ def test_bfloat16_compute_keeps_float32_params_and_close_loss():
     # Same loss to bf16 precision (8 bits of mantissa), not bit-equal.
     assert losses[None] != losses[jax.numpy.bfloat16]
     np.testing.assert_allclose(losses[jax.numpy.bfloat16], losses[None], rtol=2e-2)
+
+
+def test_compile_check_reports_memory_and_flops(tmp_path):
+    from kdjax.config import parse_config
+    from kdjax.training.compile_check import architecture, compile_check
+
+    cfg = parse_config(
+        {
+            "task": "token_classification",
+            "data": {"preset": "conll2003", "max_length": 32},
+            "model": {
+                "init": "random",
+                "layers": 2,
+                "hidden": 32,
+                "heads": 4,
+                "intermediate": 64,
+                "tokenizer": "all-minilm-l6-v2",
+            },
+            "teacher": "all-minilm-l6-v2",
+            "teacher_mode": "online",
+            "kd": {"alpha": 0.5},
+            "train": {"batch_size": 12},
+            "mesh": {"data": 2, "fsdp": 4},
+            "output_dir": str(tmp_path),
+        }
+    )
+    report = compile_check(cfg, device_memory_gb=16)
+    assert report["mesh"] == {"data": 2, "fsdp": 4} and report["global_batch"] == 16
+    assert report["teacher_params"] > 22_000_000 > report["student_params"] > 1_000_000
+    assert report["flops_per_step"] > 0 and report["per_device_bytes"]["arguments"] > 0
+    assert report["fits"] is True
+    assert architecture("google-bert/bert-large-uncased").num_layers == 24
+    with pytest.raises(ValueError, match="unknown architecture"):
+        architecture("someone/unknown-model")
