@@ -80,6 +80,11 @@ def _compile_check(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdjax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process job (jax.distributed); same as KDJAX_DISTRIBUTED=1",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("finetune", "fine-tune a model on labels (keeps hs and ll checkpoints)"),
@@ -116,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["JAX_PLATFORMS"] = "cpu"
         flag = f"--xla_force_host_platform_device_count={args.devices}"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    if args.distributed or os.environ.get("KDJAX_DISTRIBUTED"):
+        from kdjax.distributed import initialize
+
+        initialize(force=args.distributed)
     try:
         if args.command == "datasets":
             _datasets(args)

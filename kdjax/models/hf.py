@@ -201,6 +201,14 @@ def from_pretrained(
 
 def save_pretrained(model: Model, path: str | Path, tokenizer: Any = None) -> Path:
     """Write `model` as a Hugging Face directory loadable by transformers' AutoModelFor... class."""
+    from kdjax.distributed import is_main, to_host
+
+    # Gathered on every process (a collective for params sharded across hosts), written by one.
+    values = {
+        id(p): to_host(p[...]) for e in (base_entries(model), head_entries(model)) for _, p, _ in e
+    }
+    if not is_main():
+        return Path(path)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
@@ -215,7 +223,7 @@ def save_pretrained(model: Model, path: str | Path, tokenizer: Any = None) -> Pa
     prefix = cfg.model_type + "."
     for entries, pre in ((base_entries(model), prefix), (head_entries(model), "")):
         for key, param, transpose in entries:
-            value = np.asarray(jax.device_get(param[...]), dtype=np.float32)
+            value = np.asarray(values[id(param)], dtype=np.float32)
             tensors[pre + key] = np.ascontiguousarray(value.T if transpose else value)
     save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:

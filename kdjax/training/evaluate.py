@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from jax.sharding import Mesh
 
+from kdjax.distributed import to_host
 from kdjax.tasks import MODEL_INPUTS, Encoded
 from kdjax.training.batching import take
 from kdjax.training.mesh import padded_size, put_batch
@@ -23,7 +24,7 @@ def predict_logits(
     out = []
     for start in range(0, len(split), batch_size):
         idx = order[start : start + batch_size]
-        logits = np.asarray(predict(params, put_batch(take(arrays, idx, trim), mesh, size)))
+        logits = to_host(predict(params, put_batch(take(arrays, idx, trim), mesh, size)))
         logits = logits[: len(idx)]
         if logits.ndim == 3 and logits.shape[1] < split.seq_len:  # [rows, seq, labels]
             pad = split.seq_len - logits.shape[1]

@@ -27,13 +27,20 @@ import kdjax
 from kdjax.config import ModelInit, RunConfig
 from kdjax.data.dataset import Dataset, build_dataset
 from kdjax.data.sources import resolve_checkpoint
+from kdjax.distributed import is_main
 from kdjax.models import from_pretrained, from_teacher_layers, random_student, save_pretrained
 from kdjax.models.config import EncoderConfig
 from kdjax.tasks import get_task
 from kdjax.training.batching import epoch_batches, take
 from kdjax.training.diagnostics import diagnostics
 from kdjax.training.evaluate import predict_logits
-from kdjax.training.mesh import data_sharded, make_mesh, param_sharding, put_batch
+from kdjax.training.mesh import (
+    data_sharded,
+    make_mesh,
+    padded_size,
+    param_sharding,
+    put_batch,
+)
 from kdjax.training.run_dir import RunDir, restore_params
 from kdjax.training.step import init_state, make_optimizer, make_predict, make_train_step, objective
 from kdjax.training.teacher import load_teacher, teacher_logits, teacher_paths
@@ -130,6 +137,24 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
 
     mesh = make_mesh(cfg.mesh)
     rep = param_sharding(mesh)  # replicated unless mesh.fsdp > 1
+    rows = padded_size(tc.batch_size, mesh)
+    log.info(
+        "batch: global %d rows (%d real) = %d per host x %d hosts = %d per device x %d devices",
+        rows,
+        tc.batch_size,
+        rows // jax.process_count(),
+        jax.process_count(),
+        rows // mesh.size,
+        mesh.size,
+    )
+    if rows != tc.batch_size:
+        log.warning(
+            "train.batch_size %d is not a multiple of the %d devices; each batch is "
+            "padded with %d weightless rows",
+            tc.batch_size,
+            mesh.size,
+            rows - tc.batch_size,
+        )
     t_model_dir = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)[0] if cfg.teacher else None
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source(cfg.model)))
     task = get_task(cfg.task)
@@ -190,6 +215,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     # 5. Epochs: train, validate, keep the hs and ll checkpoints and the full state.
     key = jax.random.key(tc.seed)
     lengths = arrays["attention_mask"].sum(1)
+    progress = progress and is_main()
     bar = tqdm(
         total=total,
         initial=host["epoch"] * steps_per_epoch,

@@ -83,4 +83,15 @@ def put_batch(
     size, and shard the rows over that axis."""
     n = len(next(iter(arrays.values())))
     batch = pad_batch(arrays, padded_size(max(n, size or n), mesh))
-    return jax.device_put(batch, data_sharded(mesh))
+    sharding = data_sharded(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    # Several processes: each holds the same global batch order and contributes only the rows
+    # its own devices hold (contiguous, as the mesh lists devices process by process).
+    rows = len(batch["weight"])
+    spans = sharding.addressable_devices_indices_map((rows,)).values()
+    lo, hi = min(s[0].start or 0 for s in spans), max(s[0].stop or rows for s in spans)
+    return {
+        k: jax.make_array_from_process_local_data(sharding, v[lo:hi], v.shape)
+        for k, v in batch.items()
+    }

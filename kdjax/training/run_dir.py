@@ -19,6 +19,8 @@ import orbax.checkpoint as ocp
 import yaml
 from flax import nnx
 
+from kdjax.distributed import is_main, sync
+
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("hs", "ll")
@@ -46,19 +48,23 @@ class RunDir:
     def __init__(self, path: str | Path, config: dict[str, Any]):
         self.dir = Path(path)
         self.config = config
+        self.main = is_main()  # only process 0 writes files; Orbax coordinates checkpoints
         saved = self.dir / "config.yaml"
         same = saved.is_file() and yaml.safe_load(saved.read_text()) == config
-        if self.dir.exists() and not same and (self.dir / "checkpoints").exists():
+        if self.main and self.dir.exists() and not same and (self.dir / "checkpoints").exists():
             log.warning("%s holds a run with another config; starting over", self.dir)
             shutil.rmtree(self.dir / "checkpoints")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(yaml.safe_dump(config))
+        sync("kdjax-run-dir")
+        if self.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            saved.write_text(yaml.safe_dump(config))
         self.managers = {n: _manager(self.dir / "checkpoints" / n) for n in (*CHECKPOINTS, "last")}
-        self.metrics = (self.dir / "metrics.jsonl").open("a")
+        self.metrics = (self.dir / "metrics.jsonl").open("a") if self.main else None
 
     def log(self, **row: Any) -> None:
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
+        if self.metrics is not None:
+            self.metrics.write(json.dumps(row) + "\n")
+            self.metrics.flush()
 
     def save_params(self, which: str, epoch: int, params) -> None:
         self.managers[which].save(epoch, args=ocp.args.StandardSave(nnx.to_pure_dict(params)))
@@ -91,6 +97,8 @@ class RunDir:
         for mngr in self.managers.values():
             mngr.wait_until_finished()
             mngr.close()
+        if self.metrics is None:
+            return
         self.metrics.close()
         tmp = self.dir / "result.json.tmp"
         tmp.write_text(json.dumps(result, indent=2) + "\n")

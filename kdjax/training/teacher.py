@@ -109,18 +109,19 @@ def teacher_logits(cfg: RunConfig, teacher, ds, tokenizer, mesh, batch_size: int
     graphdef, params = nnx.split(teacher)
     predict = make_predict(graphdef)
 
-    def build() -> dict[str, np.ndarray]:
+    def build(splits=SPLITS) -> dict[str, np.ndarray]:
         # Untrimmed batches: the cache must not depend on how a run groups lengths.
         return {
             s: predict_logits(predict, params, ds.splits[s], mesh, batch_size, trim=False)
-            for s in SPLITS
+            for s in splits
         }
 
     if cfg.teacher_mode == "online":  # the step runs the teacher; evaluation needs these two
-        return {
-            s: predict_logits(predict, params, ds.splits[s], mesh, batch_size, trim=False)
-            for s in ("validation", "test")
-        }
+        return build(("validation", "test"))
+    if jax.process_count() > 1:
+        # Several processes compute the logits together (one teacher pass per split): a cache
+        # on one host's disk cannot be read by the others.
+        return build()
     seq_lens = {s: ds.splits[s].seq_len for s in SPLITS}
     cache = LogitCache(default_cache_dir(cfg))
     inputs = cache_inputs(cfg, params, tokenizer, seq_lens)

@@ -1,0 +1,70 @@
+"""Multi-host runs (TPU pod slices, multi-node GPU, or several processes on one machine).
+
+One switch: `KDJAX_DISTRIBUTED=1` (or `kdjax --distributed ...`) calls
+`jax.distributed.initialize()`, which finds the coordinator itself on Cloud TPU, SLURM and
+Kubernetes. Elsewhere give it explicitly with KDJAX_COORDINATOR=host:port,
+KDJAX_NUM_PROCESSES and KDJAX_PROCESS_ID. Every process runs the same program on the same
+global batch order and feeds only its own rows; only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+log = logging.getLogger(__name__)
+
+
+def requested() -> bool:
+    return os.environ.get("KDJAX_DISTRIBUTED", "").lower() in ("1", "true", "yes")
+
+
+def initialize(force: bool = False) -> bool:
+    """Join the multi-process job when requested; returns whether this is a multi-process run."""
+    if not (force or requested()):
+        return False
+    kwargs = {}
+    if os.environ.get("KDJAX_COORDINATOR"):
+        kwargs = {
+            "coordinator_address": os.environ["KDJAX_COORDINATOR"],
+            "num_processes": int(os.environ["KDJAX_NUM_PROCESSES"]),
+            "process_id": int(os.environ["KDJAX_PROCESS_ID"]),
+        }
+    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
+    log.warning(
+        "process %d of %d: %d local devices, %d global (%s)",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+        jax.devices()[0].platform,
+    )
+    return True
+
+
+def is_main() -> bool:
+    """Whether this process writes outputs (process 0)."""
+    return jax.process_index() == 0
+
+
+def to_host(x: jax.Array):
+    """A global array's full value on every process (a collective when it spans processes)."""
+    import numpy as np
+
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def sync(name: str) -> None:
+    """A barrier across processes (nothing to do in a single-process run)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
