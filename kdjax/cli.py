@@ -1,4 +1,4 @@
-"""`kdjax` command line: finetune, distill, datasets, demo."""
+"""`kdjax` command line: single runs, the study sweep, presets, checks and the demo."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
+from kdjax.analysis.report import add_parser as add_report_parser
 from kdjax.config import ConfigError, load_config
+from kdjax.sweep.cli import COMMANDS as SWEEP_COMMANDS
+from kdjax.sweep.cli import add_parsers as add_sweep_parsers
 
 
 def _run(args, kind: str) -> None:
@@ -77,6 +81,18 @@ def _compile_check(args) -> None:
     print(json.dumps(compile_check(cfg, args.device_memory_gb), indent=2))
 
 
+def enable_compile_cache() -> None:
+    """JAX's persistent compilation cache: a study's runs of one student size compile the same
+    programs (KD numbers are step inputs), so all but the first load them from disk. Set
+    KDJAX_COMPILE_CACHE to choose the folder, or to an empty string to turn it off."""
+    path = os.environ.get("KDJAX_COMPILE_CACHE", str(Path.home() / ".cache" / "kdjax" / "jax"))
+    if path:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kdjax", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -110,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="the offline demo: teacher, no-KD student, KD student")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    add_sweep_parsers(sub)
+    add_report_parser(sub)
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -121,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["JAX_PLATFORMS"] = "cpu"
         flag = f"--xla_force_host_platform_device_count={args.devices}"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
+    enable_compile_cache()
     if args.distributed or os.environ.get("KDJAX_DISTRIBUTED"):
         from kdjax.distributed import initialize
 
@@ -132,13 +151,19 @@ def main(argv: list[str] | None = None) -> int:
             _students(args)
         elif args.command == "compile-check":
             _compile_check(args)
+        elif args.command == "report":
+            from kdjax.analysis.report import cmd_report
+
+            cmd_report(args)
+        elif args.command in SWEEP_COMMANDS:
+            SWEEP_COMMANDS[args.command](args)
         elif args.command == "demo":
             from kdjax.demo import run_demo
 
             run_demo(args.workdir, fresh=args.fresh)
         else:
             _run(args, "finetune" if args.command == "teacher" else args.command)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -42,7 +42,14 @@ from kdjax.training.mesh import (
     put_batch,
 )
 from kdjax.training.run_dir import RunDir, restore_params
-from kdjax.training.step import init_state, make_optimizer, make_predict, make_train_step, objective
+from kdjax.training.step import (
+    init_state,
+    kd_hparams,
+    make_optimizer,
+    make_predict,
+    make_train_step,
+    objective,
+)
 from kdjax.training.teacher import load_teacher, teacher_logits, teacher_paths
 
 log = logging.getLogger(__name__)
@@ -195,6 +202,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         compute_dtype=jnp.dtype(tc.compute_dtype),
     )
     predict = make_predict(graphdef, jnp.dtype(tc.compute_dtype))
+    hp = kd_hparams(kd)
 
     def evaluate(params, split: str, diagnose: bool = False) -> dict[str, float]:
         enc = ds.splits[split]
@@ -228,7 +236,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         rng = np.random.default_rng([tc.seed, epoch])  # per epoch: resumable, same order
         for i, idx in enumerate(epoch_batches(lengths, tc.batch_size, rng, tc.group_by_length)):
             batch = put_batch(take(arrays, idx, tc.group_by_length), mesh, tc.batch_size)
-            state, metrics = step_fn(state, t_params, batch, key)
+            state, metrics = step_fn(state, t_params, batch, key, hp)
             step = (epoch - 1) * steps_per_epoch + i + 1
             if step % tc.log_every == 0 or i == steps_per_epoch - 1:
                 m = jax.device_get(metrics)  # the only host sync in the loop

@@ -38,23 +38,35 @@ def make_optimizer(cfg: TrainConfig, total_steps: int):
     return optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), adamw), schedule
 
 
+def kd_hparams(kd: KDConfig | None) -> dict[str, jax.Array] | None:
+    """The KD numbers as step inputs (not constants baked into the program), so that runs that
+    differ only in alpha or temperatures share one compiled step."""
+    if kd is None or kd.alpha == 0:
+        return None
+    f = lambda v: jnp.asarray(v, jnp.float32)
+    return {"alpha": f(kd.alpha), "tau_t": f(kd.tau_t), "tau_s": f(kd.student_tau)}
+
+
 def objective(task: str, kd: KDConfig | None):
-    """loss(student_logits, teacher_logits, batch) for `task`; padding rows have weight 0."""
+    """loss(student_logits, teacher_logits, batch, hp) for `task`; padding rows have weight 0.
+    `hp` (from `kd_hparams`) carries alpha and the temperatures; the distance and tau_squared
+    are part of the program."""
     t = get_task(task)
 
-    def loss(student_logits, teacher_logits, batch):
+    def loss(student_logits, teacher_logits, batch, hp=None):
         logits, labels, mask, class_mask = t.loss_inputs(student_logits, batch)
         if kd is None or kd.alpha == 0:
             return label_loss(logits, labels, mask=mask, class_mask=class_mask)
+        hp = hp or {"alpha": kd.alpha, "tau_t": kd.tau_t, "tau_s": kd.student_tau}
         t_logits = t.loss_inputs(teacher_logits, batch)[0]
         return kd_loss(
             logits,
             t_logits,
             labels,
             distance=kd.distance,
-            alpha=kd.alpha,
-            tau_t=kd.tau_t,
-            tau_s=kd.student_tau,
+            alpha=hp["alpha"],
+            tau_t=hp["tau_t"],
+            tau_s=hp["tau_s"],
             tau_squared=kd.tau_squared,
             mask=mask,
             class_mask=class_mask,
@@ -93,7 +105,7 @@ def make_train_step(
     batch_sharding=None,
     compute_dtype=None,
 ):
-    """A jitted `step(state, teacher_params, batch, key) -> (state, metrics)`.
+    """A jitted `step(state, teacher_params, batch, key, hp=None) -> (state, metrics)`.
 
     The teacher's logits come from `batch["teacher_logits"]` (cached) or, with
     `teacher_graphdef`, from the teacher run in eval mode inside the step (online); either way
@@ -101,7 +113,7 @@ def make_train_step(
     until the caller fetches them.
     """
 
-    def step(state: TrainState, teacher_params, batch, key):
+    def step(state: TrainState, teacher_params, batch, key, hp=None):
         key = jax.random.fold_in(key, state.step)
         teacher_logits = batch.get("teacher_logits")  # cached logits travel with the batch
         if teacher_graphdef is not None:
@@ -111,7 +123,7 @@ def make_train_step(
 
         def compute(params):
             logits = _forward(graphdef, params, batch, dropout_key=key, dtype=compute_dtype)
-            return loss_fn(logits.astype(jnp.float32), teacher_logits, batch)
+            return loss_fn(logits.astype(jnp.float32), teacher_logits, batch, hp)
 
         loss, grads = jax.value_and_grad(compute)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -121,7 +133,7 @@ def make_train_step(
 
     in_shardings = out_shardings = None
     if state_sharding is not None:
-        in_shardings = (state_sharding, teacher_sharding, batch_sharding, None)
+        in_shardings = (state_sharding, teacher_sharding, batch_sharding, None, None)
         out_shardings = (state_sharding, None)
     return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
 

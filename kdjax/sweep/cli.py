@@ -1,0 +1,85 @@
+"""`kdjax plan | run | status`: study sweeps from the command line.
+
+Also runnable alone: `python -m kdjax.sweep.cli run experiments/smoke.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from kdjax.sweep.driver import default_workdir
+    from kdjax.sweep.estimate import describe_plan
+    from kdjax.sweep.manifest import load_manifest
+
+    m = load_manifest(args.manifest)
+    print(describe_plan(m, args.workdir or default_workdir(m)))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from kdjax.sweep.driver import run_study
+
+    run_study(
+        args.manifest,
+        workdir=args.workdir,
+        executor=args.executor,
+        address=args.address,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from kdjax.sweep.ledger import Ledger
+    from kdjax.sweep.summary import status_text
+
+    path = Path(args.workdir) / "ledger.sqlite"
+    if not path.is_file():
+        raise FileNotFoundError(f"no ledger at {path}; run `kdjax run MANIFEST` first")
+    with Ledger(path) as ledger:
+        print(status_text(ledger))
+        if args.csv:
+            print(f"\nwrote {ledger.export_csv(args.csv)}")
+
+
+COMMANDS = {"plan": cmd_plan, "run": cmd_run, "status": cmd_status}
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Register `plan`, `run` and `status` on a `kdjax` sub-command parser."""
+    p = subparsers.add_parser("plan", help="show what a study manifest will run and its cost")
+    p.add_argument("manifest", help="study manifest (YAML)")
+    p.add_argument("--workdir", help="where a previous sweep's ledger is (for timings)")
+    p = subparsers.add_parser("run", help="run or resume a study sweep")
+    p.add_argument("manifest", help="study manifest (YAML)")
+    p.add_argument("--workdir", help="sweep directory (default runs/sweeps/NAME)")
+    p.add_argument("--executor", choices=("local", "ray"), help="override the manifest's")
+    p.add_argument("--address", help="Ray cluster address (default: the manifest's or local)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p = subparsers.add_parser("status", help="counts, failures and best configs of a sweep")
+    p.add_argument("workdir", help="sweep directory")
+    p.add_argument("--csv", help="also export the ledger to this CSV file")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from kdjax.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="kdjax-sweep", description=__doc__)
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        COMMANDS[args.command](args)
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The sweep driver: manifest → plan → teacher runs → distillation runs → report.
+
+The ledger is the source of truth: a run is done only once its result is in the ledger, done
+runs are never run again, and a driver killed at any point resumes by running the same command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from kdjax.sweep.executors import Executor, RunFn, Task, make_executor
+from kdjax.sweep.ledger import Ledger
+from kdjax.sweep.manifest import Manifest, load_manifest
+from kdjax.sweep.plan import Pair, Planner, Point, Run, choose, unique
+from kdjax.sweep.summary import pair_table
+
+log = logging.getLogger(__name__)
+
+
+def default_workdir(m: Manifest) -> Path:
+    return Path("runs") / "sweeps" / m.name
+
+
+class _Sweep:
+    """Executes batches of runs against the ledger, skipping what is already settled."""
+
+    def __init__(self, ledger: Ledger, executor: Executor, retry_failed: bool, progress: bool):
+        self.ledger, self.executor, self.retry_failed = ledger, executor, retry_failed
+        self.seen: set[str] = set()
+        self.attempted: set[str] = set()  # runs dispatched by this invocation
+        self.done = self.failed = 0
+        self.bar = tqdm(total=0, unit="run", desc="sweep", disable=not progress)
+
+    def _bar(self, done: int = 0, failed: int = 0, quiet: bool = False) -> None:
+        self.done += done
+        self.failed += failed
+        if quiet:  # settled before this invocation: counted without skewing the ETA
+            self.bar.n += done + failed
+            self.bar.last_print_n = self.bar.n
+            self.bar.refresh()
+        else:
+            self.bar.update(done + failed)
+        self.bar.set_postfix(done=self.done, failed=self.failed)
+
+    def execute(self, runs: list[Run]) -> None:
+        runs = unique(runs)
+        self.ledger.upsert_pending(runs)
+        new = {r.run_id for r in runs} - self.seen
+        self.seen |= new
+        self.bar.total += len(new)
+        status = self.ledger.status_of([r.run_id for r in runs])
+        teachers = self.ledger.fetch({r.teacher_run for r in runs if r.teacher_run}, "status")
+        todo: list[Run] = []
+        for r in runs:
+            st = status[r.run_id]
+            fresh = r.run_id in new
+            if st == "done":
+                self._bar(done=int(fresh), quiet=True)
+            elif st == "failed" and (not self.retry_failed or r.run_id in self.attempted):
+                self._bar(failed=int(fresh), quiet=True)
+            elif r.teacher_run and teachers.get(r.teacher_run, {}).get("status") != "done":
+                t = self.ledger.get(r.teacher_run) or {"status": "missing"}
+                self.ledger.mark_failed(
+                    r.run_id,
+                    f"TeacherNotDone: teacher run {r.teacher_run} for dataset {r.dataset!r} is "
+                    f"{t['status']}; not attempted (rerun with --retry-failed once it is fixed)",
+                )
+                self._bar(failed=int(fresh))
+            else:
+                todo.append(r)
+        if not todo:
+            return
+        self.attempted.update(r.run_id for r in todo)
+        tasks = [Task(r.run_id, r.config.model_dump_json(), r.config.output_dir) for r in todo]
+        for out in self.executor.run(tasks, self.ledger.mark_running):
+            if out.ok:
+                self.ledger.mark_done(out.run_id, out.payload, out.attempts - 1)
+                self._bar(done=1)
+            else:
+                self.ledger.mark_failed(out.run_id, out.payload, out.attempts - 1)
+                self.bar.write(f"run {out.run_id} failed: {out.payload.splitlines()[0]}")
+                self._bar(failed=1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _greedy(planner: Planner, sweep: _Sweep, ledger: Ledger, workdir: Path) -> list[str]:
+    """Stage by stage; each stage's options per pair are chosen on mean validation score."""
+    best: dict[Pair, Point] = {pair: planner.default_point() for pair in planner.pairs()}
+    planned: list[str] = []
+    history = []
+    for k in range(len(planner.m.order()) + 1):
+        stage = planner.greedy_stage(k, best)
+        sweep.execute(stage.runs)
+        planned += [r.run_id for r in stage.runs]
+        rows = ledger.fetch({r.run_id for r in stage.runs}, "status", "val_metric")
+        scores = {
+            i: r["val_metric"]
+            for i, r in rows.items()
+            if r["status"] == "done" and r["val_metric"] is not None
+        }
+        chosen: dict[Pair, Point] = {}
+        for pair, options in stage.options.items():
+            point = choose(options, scores, best[pair])
+            if point is None:
+                sweep.bar.write(
+                    f"{pair[0]}/{pair[1]}: no run of stage {stage.label} finished; "
+                    "this pair is not searched further"
+                )
+            else:
+                chosen[pair] = point
+        best = chosen
+        history.append({"stage": stage.label, "best": {"/".join(p): v for p, v in best.items()}})
+    (workdir / "search.json").write_text(json.dumps(history, indent=1) + "\n")
+    return planned
+
+
+def _report(workdir: Path) -> None:
+    try:
+        found = importlib.util.find_spec("kdjax.analysis.report") is not None
+    except ModuleNotFoundError:
+        found = False
+    if not found:
+        return
+    from kdjax.analysis.report import write_report  # lands with the analysis package
+
+    try:
+        write_report(workdir)
+    except Exception as e:  # noqa: BLE001 - the runs are recorded; the report can be redone
+        print(f"warning: report failed ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _driver_lock(workdir: Path):
+    # Only one driver may write a ledger; the OS drops the lock when a driver dies, even by
+    # SIGKILL, so a stale lock never blocks a resume.
+    with open(workdir / "driver.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RuntimeError(
+                f"another driver (pid {f.read().strip() or '?'}) is running the sweep in "
+                f"{workdir}; wait for it or stop it first"
+            ) from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def run_study(
+    manifest_path: str | Path,
+    workdir: str | Path | None = None,
+    executor: Executor | str | None = None,
+    address: str | None = None,
+    retry_failed: bool = False,
+    run_fn: RunFn | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the study in `manifest_path`; returns the workdir and run counts.
+
+    `executor`: an Executor, or "local"/"ray" to override the manifest's kind; `run_fn`
+    replaces the trainer (a module-level function taking a config JSON string)."""
+    m = load_manifest(manifest_path)
+    workdir = Path(workdir) if workdir else default_workdir(m)
+    workdir.mkdir(parents=True, exist_ok=True)
+    resolved = {"root": str(m.root), **m.model_dump(mode="json")}
+    (workdir / "manifest.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    planner = Planner(m, workdir)
+    if executor is None and address:
+        executor = "ray"  # an address only means something to Ray
+    if not isinstance(executor, Executor):
+        spec = m.executor if executor is None else m.executor.model_copy(update={"kind": executor})
+        executor = make_executor(spec, run_fn, address)
+    with _driver_lock(workdir), Ledger(workdir / "ledger.sqlite") as ledger:
+        requeued = ledger.reset_running()
+        if requeued:
+            print(f"{requeued} run(s) interrupted earlier go back to pending")
+        sweep = _Sweep(ledger, executor, retry_failed, progress)
+        try:
+            teachers = list(planner.teachers.values())
+            sweep.execute(teachers)
+            if m.search.strategy == "grid":
+                runs = planner.grid()
+                sweep.execute(runs)
+                planned = [r.run_id for r in runs]
+            else:
+                planned = _greedy(planner, sweep, ledger, workdir)
+        finally:
+            sweep.close()
+            executor.close()
+        ids = [t.run_id for t in teachers] + planned
+        rows = list(ledger.fetch(ids, *_ROW_COLUMNS).values())
+    print(pair_table(rows))
+    print(f"done {sweep.done}, failed {sweep.failed} of {len(set(ids))} runs; ledger in {workdir}")
+    _report(workdir)
+    return {"workdir": workdir, "runs": list(dict.fromkeys(ids)), "done": sweep.done,
+            "failed": sweep.failed}  # fmt: skip
+
+
+_ROW_COLUMNS = (
+    "kind", "status", "dataset", "student", "teacher_checkpoint", "distance", "alpha", "tau_t",
+    "tau_s", "tau_squared", "val_metric", "test_metric", "metric_name",
+)  # fmt: skip

@@ -1,0 +1,118 @@
+"""Fake run functions for the sweep tests: module-level, so Ray workers can import them.
+
+Each takes a run config as JSON (like `kdjax.sweep.execute`) and returns a result dict whose
+validation score is a known function of the config, without training anything.
+"""
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+
+import yaml
+
+DATA = Path(__file__).parent / "data"
+
+CALLS: list[str] = []  # output dirs of the runs executed in this process, in order
+
+
+def score(cfg: dict) -> float:
+    """Students with 1 layer prefer kl, 2 layers mse; both prefer alpha 1.0 and tau_t 2."""
+    kd = cfg.get("kd")
+    if cfg.get("teacher") is None:
+        return 0.9
+    if kd is None or kd["alpha"] == 0:
+        return 0.2
+    liked = "kl" if cfg["model"].get("layers", 1) == 1 else "mse"
+    s = 0.3 + 0.3 * (kd["distance"] == liked) + 0.1 * (kd["alpha"] == 1.0)
+    s += 0.05 * (kd["tau_t"] == 2.0) + 0.02 * (kd["tau_s"] == "same")
+    s += {"hs": 0.0, "ll": 0.01}[cfg["teacher_checkpoint"]]
+    return s + 0.001 * cfg["train"]["seed"]
+
+
+def result(cfg: dict, val: float) -> dict:
+    return {
+        "metric": "accuracy",
+        "validation": {"accuracy": val, "loss": 1 - val},
+        "test": {"accuracy": val - 0.01, "loss": 1.01 - val, "agreement": 0.5},
+        "best_epoch": 1,
+        "train_time_s": 0.5,
+        "wall_time_s": 0.6,
+        "versions": {"fake": "1"},
+        "data": {"examples": {"train": 48, "validation": 16, "test": 16}},
+    }
+
+
+def planted(config_json: str) -> dict:
+    cfg = json.loads(config_json)
+    CALLS.append(Path(cfg["output_dir"]).name)
+    return result(cfg, score(cfg))
+
+
+def fails_on_mse(config_json: str) -> dict:
+    cfg = json.loads(config_json)
+    CALLS.append(Path(cfg["output_dir"]).name)
+    if (cfg.get("kd") or {}).get("distance") == "mse":
+        raise FloatingPointError("loss became nan at step 3 (planted)")
+    return result(cfg, score(cfg))
+
+
+def slow(config_json: str) -> dict:
+    """For Ray: a short sleep; dies once (os._exit) on a distance 'kl' run, raises on 'mse'."""
+    cfg = json.loads(config_json)
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    time.sleep(0.2)
+    distance = (cfg.get("kd") or {}).get("distance")
+    if distance == "kl" and (cfg["kd"]["alpha"] == 1.0):
+        marker = out / "crashed-once"
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)  # the worker process dies: Ray retries the task
+    if distance == "mse":
+        raise ValueError("planted application error")
+    with (out / "executions.log").open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    return result(cfg, score(cfg))
+
+
+# A tiny study on the sentiment fixtures (fake runs never read the files).
+def tiny(layers):
+    return {"init": "random", "layers": layers, "hidden": 32, "heads": 4, "intermediate": 64,
+            "tokenizer": "all-minilm-l6-v2"}  # fmt: skip
+
+
+BASE = {
+    "name": "t",
+    "datasets": [
+        {
+            "name": "sent",
+            "task": "classification",
+            "data": {
+                "source": "files",
+                "files": {
+                    "train": str(DATA / "sentiment_train.csv"),
+                    "validation": str(DATA / "sentiment_validation.jsonl"),
+                    "test": str(DATA / "sentiment_test.jsonl"),
+                },
+                "text_column": "sentence",
+                "label_column": "sentiment",
+                "max_length": 32,
+            },
+        }
+    ],
+    "teacher": {"model": tiny(2)},
+    "students": [{"name": "s1", "model": tiny(1)}, {"name": "s2", "model": tiny(2)}],
+    "axes": {"distance": ["ce", "kl"], "alpha": [0.5, 1.0]},
+    "seeds": [0],
+    "train": {"default": {"epochs": 1}},
+}
+
+
+def manifest(tmp_path, name="m.yaml", **over):
+    d = copy.deepcopy(BASE)
+    d.update(over)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(d))
+    return path

@@ -1,0 +1,43 @@
+"""The Ray executor on a real local Ray instance, with fast fake runs: a worker that dies is
+retried, an exception raised by a run is not."""
+
+import os
+from pathlib import Path
+
+import ray
+import sweep_helpers
+from sweep_helpers import manifest
+
+from kdjax.sweep import Ledger, RayExecutor, run_study
+
+
+def test_ray_sweep_retries_dead_workers_not_run_errors(tmp_path, monkeypatch):
+    # Workers import the fake run function by module name, from the tests directory.
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        axes = {"distance": ["ce", "kl", "mse"], "alpha": [0.5, 1.0]}
+        path = manifest(tmp_path, axes=axes, students=[{"name": "s1", "model": {
+            "init": "random", "layers": 1, "hidden": 32, "heads": 4, "intermediate": 64,
+            "tokenizer": "all-minilm-l6-v2"}}])  # fmt: skip
+        executor = RayExecutor(max_retries=2, run_fn=sweep_helpers.slow)
+        out = run_study(path, tmp_path / "w", executor, progress=False)
+        assert ray.is_initialized()  # a Ray the caller started is left running
+    finally:
+        ray.shutdown()
+    assert out["done"] == 6 and out["failed"] == 2  # teacher, baseline, ce x2, kl x2; mse x2
+    with Ledger(tmp_path / "w" / "ledger.sqlite") as ledger:
+        crashed = ledger.rows(distance="kl", alpha=1.0)
+        assert [(r["status"], r["attempts"]) for r in crashed] == [("done", 2)]
+        run_dir = tmp_path / "w" / "runs" / crashed[0]["run_id"]
+        assert (run_dir / "crashed-once").is_file()
+        assert len((run_dir / "executions.log").read_text().split()) == 1
+        failed = ledger.rows(status="failed")
+        assert {r["distance"] for r in failed} == {"mse"}
+        for r in failed:
+            assert r["attempts"] == 1  # application errors are not retried
+            assert r["error"].startswith("ValueError: planted application error")
+        others = ledger.rows(status="done")
+        assert len(others) == 6 and sum(r["attempts"] for r in others) == 7
+        assert all(r["host"] and r["val_metric"] is not None for r in others)
