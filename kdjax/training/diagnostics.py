@@ -52,7 +52,8 @@ def diagnostics(
         z_t = np.asarray(task.loss_inputs(teacher, batch)[0])[keep]
         logp_t = _masked_log_softmax(z_t, class_mask)
         p_t = np.exp(logp_t)
-        terms = np.where(p_t > 0, p_t * (logp_t - logp_s), 0.0)
+        with np.errstate(invalid="ignore"):  # masked classes: -inf - -inf, dropped by where
+            terms = np.where(p_t > 0, p_t * (logp_t - logp_s), 0.0)
         out["kl_t1"] = float(terms.sum(-1).mean()) if len(terms) else 0.0
         out["agreement_dist"] = float((logp_s.argmax(-1) == logp_t.argmax(-1)).mean())
     return out

@@ -50,7 +50,7 @@ from kdjax.training.step import (
     make_train_step,
     objective,
 )
-from kdjax.training.teacher import load_teacher, teacher_logits, teacher_paths
+from kdjax.training.teacher import params_sha256, teacher_logits, teacher_paths
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,9 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     needs_logits = kd is not None and kd.alpha > 0
     t_logits, online, t_params = {}, None, None
     if cfg.teacher:
-        teacher = load_teacher(cfg, ds.labels, rep)
-        t_logits = teacher_logits(cfg, teacher, ds, tokenizer, mesh, tc.eval_batch_size)
+        t_logits, teacher = teacher_logits(
+            cfg, ds.labels, ds, tokenizer, mesh, tc.eval_batch_size, rep
+        )
         if needs_logits and cfg.teacher_mode == "online":
             online, t_params = nnx.split(teacher)
         del teacher
@@ -276,13 +277,16 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         checkpoints[which] = {
             "epoch": host[which]["epoch"],
             "validation": host["history"][host[which]["epoch"] - 1],
+            # Recorded so that students can find their cached logits without loading us.
+            "params_sha256": params_sha256(state.params),
         }
+        run.write_text(f"checkpoints/{which}.sha256", checkpoints[which]["params_sha256"])
     result = {
         "kind": "distill" if cfg.teacher else "finetune",
         "task": cfg.task,
         "metric": task.metric,
         "best_epoch": host["hs"]["epoch"],
-        "validation": evaluate(state.params, "validation"),
+        "validation": checkpoints["hs"]["validation"],  # the hs epoch's, same params
         "test": evaluate(state.params, "test", diagnose=True),
         "checkpoints": checkpoints,
         "history": host["history"],

@@ -66,6 +66,12 @@ class RunDir:
             self.metrics.write(json.dumps(row) + "\n")
             self.metrics.flush()
 
+    def write_text(self, name: str, text: str) -> None:
+        if self.main:
+            tmp = self.dir / f"{name}.tmp"
+            tmp.write_text(text + "\n")
+            tmp.replace(self.dir / name)
+
     def save_params(self, which: str, epoch: int, params) -> None:
         self.managers[which].save(epoch, args=ocp.args.StandardSave(nnx.to_pure_dict(params)))
 

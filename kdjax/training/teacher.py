@@ -84,11 +84,12 @@ def _tokenizer_id(tokenizer) -> dict[str, Any]:
     }
 
 
-def cache_inputs(cfg: RunConfig, t_params, tokenizer, seq_lens: dict[str, int]) -> dict:
+def cache_inputs(cfg: RunConfig, teacher_sha256: str, tokenizer, ds) -> dict:
     """Everything that determines the teacher's logits on this run's rows."""
     data = cfg.data.model_dump(mode="json")
+    seq_lens = {s: ds.splits[s].seq_len for s in SPLITS}
     return {
-        "teacher_sha256": params_sha256(t_params),
+        "teacher_sha256": teacher_sha256,
         "task": cfg.task,
         "dataset": data,
         "tokenization": {**_tokenizer_id(tokenizer), "seq_len": seq_lens},
@@ -103,9 +104,30 @@ def default_cache_dir(cfg: RunConfig) -> Path:
     return base / "logit_cache"
 
 
-def teacher_logits(cfg: RunConfig, teacher, ds, tokenizer, mesh, batch_size: int, log=None):
-    """{split: float32 logits [rows, ...]} for every split: cached (built once, memory-mapped)
-    or computed now (online mode, used for evaluation agreement)."""
+def checkpoint_sha256(run: Path, which: str) -> str | None:
+    """The parameter hash a finished run recorded for its checkpoint `which`, if any."""
+    path = Path(run) / "checkpoints" / f"{which}.sha256"
+    return path.read_text().strip() if path.is_file() else None
+
+
+def teacher_logits(cfg: RunConfig, labels, ds, tokenizer, mesh, batch_size: int, sharding):
+    """({split: float32 logits [rows, ...]}, the teacher model or None).
+
+    Cached mode: the logits of every split, memory-mapped from the cache (built on first use);
+    when the teacher run recorded its checkpoint's parameter hash and the cache is valid, the
+    teacher is not even loaded. Online mode: the teacher (for the train step) and its
+    validation and test logits (for agreement)."""
+    model_dir, run = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)
+    multi = jax.process_count() > 1
+    cache = inputs = None
+    if cfg.teacher_mode == "cached" and not multi:
+        digest = checkpoint_sha256(run, cfg.teacher_checkpoint) if run is not None else None
+        if digest is not None:
+            cache = LogitCache(default_cache_dir(cfg))
+            inputs = cache_inputs(cfg, digest, tokenizer, ds)
+            if cache.verify(inputs) is None:
+                return cache.get_or_build(inputs, lambda: {}), None
+    teacher = load_teacher(cfg, labels, sharding)
     graphdef, params = nnx.split(teacher)
     predict = make_predict(graphdef)
 
@@ -117,12 +139,12 @@ def teacher_logits(cfg: RunConfig, teacher, ds, tokenizer, mesh, batch_size: int
         }
 
     if cfg.teacher_mode == "online":  # the step runs the teacher; evaluation needs these two
-        return build(("validation", "test"))
-    if jax.process_count() > 1:
+        return build(("validation", "test")), teacher
+    if multi:
         # Several processes compute the logits together (one teacher pass per split): a cache
         # on one host's disk cannot be read by the others.
-        return build()
-    seq_lens = {s: ds.splits[s].seq_len for s in SPLITS}
-    cache = LogitCache(default_cache_dir(cfg))
-    inputs = cache_inputs(cfg, params, tokenizer, seq_lens)
-    return cache.get_or_build(inputs, build, log=log)
+        return build(), None
+    if inputs is None:
+        cache = LogitCache(default_cache_dir(cfg))
+        inputs = cache_inputs(cfg, params_sha256(params), tokenizer, ds)
+    return cache.get_or_build(inputs, build), None
