@@ -46,7 +46,13 @@ def kdjax_runner(path, batch):
     from kdjax.config import KDConfig, TrainConfig
     from kdjax.models import from_pretrained, from_teacher_layers
     from kdjax.training.mesh import data_sharded, make_mesh, put_batch, replicated
-    from kdjax.training.step import init_state, make_optimizer, make_train_step, objective
+    from kdjax.training.step import (
+        init_state,
+        kd_hparams,
+        make_optimizer,
+        make_train_step,
+        objective,
+    )
 
     mesh = make_mesh()
     rep = replicated(mesh)
@@ -66,13 +72,14 @@ def kdjax_runner(path, batch):
     )
     state = init_state(params, tx, rep)
     placed = put_batch(batch, mesh)
+    hp = kd_hparams(kd)
     key = jax.random.key(0)
 
     def run(steps: int) -> float:
         nonlocal state
         t = time.perf_counter()
         for _ in range(steps):
-            state, metrics = step(state, t_params, placed, key)
+            state, metrics = step(state, t_params, placed, key, hp)
         jax.block_until_ready(metrics["loss"])
         return time.perf_counter() - t
 

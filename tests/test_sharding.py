@@ -11,7 +11,13 @@ from kdjax.config import KDConfig, MeshConfig, TrainConfig
 from kdjax.models import random_student
 from kdjax.models.config import EncoderConfig
 from kdjax.training.mesh import data_sharded, make_mesh, pad_batch, param_sharding, put_batch
-from kdjax.training.step import init_state, make_optimizer, make_train_step, objective
+from kdjax.training.step import (
+    init_state,
+    kd_hparams,
+    make_optimizer,
+    make_train_step,
+    objective,
+)
 
 BASE = EncoderConfig(vocab_size=97, max_position_embeddings=32)
 
@@ -49,7 +55,7 @@ def _train(mesh, batches, steps=2):
     key = jax.random.key(0)
     losses = []
     for b in batches[:steps]:
-        state, m = step(state, t_params, put_batch(b, mesh), key)
+        state, m = step(state, t_params, put_batch(b, mesh), key, kd_hparams(kd))
         losses.append(float(m["loss"]))
     return jax.device_get(nnx.to_pure_dict(state.params)), losses, state
 
@@ -117,7 +123,7 @@ def test_bfloat16_compute_keeps_float32_params_and_close_loss():
     losses = {}
     for dtype in (None, jax.numpy.bfloat16):
         step = make_train_step(graphdef, tx, objective("classification", None), compute_dtype=dtype)
-        state, m = step(init_state(params, tx), None, batch, jax.random.key(0))
+        state, m = step(init_state(params, tx), None, batch, jax.random.key(0), None)
         losses[dtype] = float(m["loss"])
         assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
     # Same loss to bf16 precision (8 bits of mantissa), not bit-equal.

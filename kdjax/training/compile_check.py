@@ -22,7 +22,13 @@ from kdjax.data.sources import LOCAL_CHECKPOINTS
 from kdjax.models.config import EncoderConfig
 from kdjax.models.encoder import Model
 from kdjax.training.mesh import data_sharded, make_mesh, padded_size, param_sharding
-from kdjax.training.step import TrainState, make_optimizer, make_train_step, objective
+from kdjax.training.step import (
+    TrainState,
+    kd_hparams,
+    make_optimizer,
+    make_train_step,
+    objective,
+)
 
 # (layers, hidden, heads, intermediate) of hub checkpoints the study uses (BERT vocabulary).
 KNOWN = {
@@ -128,7 +134,8 @@ def compile_check(cfg: RunConfig, device_memory_gb: float | None = None) -> dict
         batch_sharding=data_sharded(mesh),
         compute_dtype=jnp.dtype(cfg.train.compute_dtype),
     )
-    compiled = step.lower(state, t_params, batch, jax.random.key(0)).compile()
+    hp = kd_hparams(kd)
+    compiled = step.lower(state, t_params, batch, jax.random.key(0), hp).compile()
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost

@@ -105,7 +105,8 @@ def make_train_step(
     batch_sharding=None,
     compute_dtype=None,
 ):
-    """A jitted `step(state, teacher_params, batch, key, hp=None) -> (state, metrics)`.
+    """A jitted `step(state, teacher_params, batch, key, hp) -> (state, metrics)`; `hp` is
+    `kd_hparams(kd)` (None without KD).
 
     The teacher's logits come from `batch["teacher_logits"]` (cached) or, with
     `teacher_graphdef`, from the teacher run in eval mode inside the step (online); either way
@@ -113,7 +114,7 @@ def make_train_step(
     until the caller fetches them.
     """
 
-    def step(state: TrainState, teacher_params, batch, key, hp=None):
+    def step(state: TrainState, teacher_params, batch, key, hp):
         key = jax.random.fold_in(key, state.step)
         teacher_logits = batch.get("teacher_logits")  # cached logits travel with the batch
         if teacher_graphdef is not None:
