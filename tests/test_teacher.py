@@ -159,3 +159,18 @@ def test_missing_teacher_checkpoint_fails_before_compute(tmp_path):
     plain = _cfg(tmp_path, "classification", "s2", teacher_checkpoint="ll")
     with pytest.raises(ValueError, match=r"teacher_checkpoint: 'll' needs a teacher run directory"):
         train(plain, progress=False)
+
+
+@pytest.mark.parametrize("task", ["token_classification", "extractive_qa"])
+def test_cached_per_token_logits_follow_length_trimming(tmp_path, task):
+    """With group_by_length (the default) batches are cut to length buckets; the cached
+    per-position teacher logits must be cut with them."""
+    cfg = _cfg(tmp_path, task, "trimmed")
+    cfg = parse_config(
+        {
+            **cfg.model_dump(mode="json"),
+            "train": {**cfg.train.model_dump(), "group_by_length": True},
+        }
+    )
+    result = train(cfg, progress=False)
+    assert result["steps"] >= 2 and np.isfinite(result["test"]["loss"])

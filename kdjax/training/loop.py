@@ -186,8 +186,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
 
     # 3. Optimizer, state and the compiled step.
     arrays = dict(ds.splits["train"].arrays)
-    if needs_logits and online is None:
-        arrays["teacher_logits"] = t_logits["train"]
+    cached = t_logits["train"] if needs_logits and online is None else None
     steps_per_epoch = math.ceil(len(ds.splits["train"]) / tc.batch_size)
     total = steps_per_epoch * tc.epochs
     tx, schedule = make_optimizer(tc, total)
@@ -236,7 +235,11 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     for epoch in range(host["epoch"] + 1, tc.epochs + 1):
         rng = np.random.default_rng([tc.seed, epoch])  # per epoch: resumable, same order
         for i, idx in enumerate(epoch_batches(lengths, tc.batch_size, rng, tc.group_by_length)):
-            batch = put_batch(take(arrays, idx, tc.group_by_length), mesh, tc.batch_size)
+            rows = take(arrays, idx, tc.group_by_length)
+            if cached is not None:  # per-token logits [rows, seq, C] follow the length trim
+                z = np.asarray(cached[idx])
+                rows["teacher_logits"] = z[:, : rows["input_ids"].shape[1]] if z.ndim == 3 else z
+            batch = put_batch(rows, mesh, tc.batch_size)
             state, metrics = step_fn(state, t_params, batch, key, hp)
             step = (epoch - 1) * steps_per_epoch + i + 1
             if step % tc.log_every == 0 or i == steps_per_epoch - 1:
