@@ -6,36 +6,17 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import yaml
+from fixtures import SENTIMENT, tiny_model
 from safetensors.numpy import load_file
-
-DATA = Path(__file__).parent / "data"
 
 
 def _config(out):
     return {
-        "data": {
-            "source": "files",
-            "files": {
-                "train": str(DATA / "sentiment_train.csv"),
-                "validation": str(DATA / "sentiment_validation.jsonl"),
-                "test": str(DATA / "sentiment_test.jsonl"),
-            },
-            "text_column": "sentence",
-            "label_column": "sentiment",
-            "max_length": 32,
-        },
-        "model": {
-            "init": "random",
-            "layers": 1,
-            "hidden": 32,
-            "heads": 2,
-            "intermediate": 64,
-            "tokenizer": "all-minilm-l6-v2",
-        },
+        "data": {**SENTIMENT, "max_length": 32},
+        "model": tiny_model(),
         "train": {
             "epochs": 1,
             "batch_size": 12,

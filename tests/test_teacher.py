@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import CONLL_LABELS, SENTIMENT, tiny_model
 from safetensors.numpy import load_file
 
 from kdjax.config import parse_config
@@ -13,36 +14,19 @@ from kdjax.models.config import EncoderConfig
 from kdjax.training import train
 
 DATA = Path(__file__).parent / "data"
-TINY = {
-    "init": "random",
-    "layers": 1,
-    "hidden": 32,
-    "heads": 2,
-    "intermediate": 64,
-    "tokenizer": "all-minilm-l6-v2",
-}
-CONLL = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+TINY = tiny_model()
 TASKS = {
     "classification": (
-        {
-            "files": {
-                "train": str(DATA / "sentiment_train.csv"),
-                "validation": str(DATA / "sentiment_validation.jsonl"),
-                "test": str(DATA / "sentiment_test.jsonl"),
-            },
-            "text_column": "sentence",
-            "label_column": "sentiment",
-            "labels": ["neg", "pos"],
-        },
+        {**SENTIMENT, "labels": ["neg", "pos"]},
         ["neg", "pos"],
     ),
     "token_classification": (
         {
             "files": {s: str(DATA / "ner" / f"{s}.conll") for s in ("train", "validation", "test")},
-            "labels": CONLL,
+            "labels": CONLL_LABELS,
             "limit": {"train": 16},
         },
-        CONLL,
+        CONLL_LABELS,
     ),
     "extractive_qa": (
         {

@@ -1,41 +1,23 @@
 """The trainer end to end on fixture data with tiny models: finetune a teacher, distil a student."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from fixtures import SENTIMENT, tiny_model
 
 from kdjax.cli import main
 from kdjax.config import parse_config
 from kdjax.training import TrainingDiverged, train
 
-DATA = Path(__file__).parent / "data"
-TINY = {
-    "init": "random",
-    "layers": 2,
-    "hidden": 32,
-    "heads": 4,
-    "intermediate": 64,
-    "tokenizer": "all-minilm-l6-v2",
-}
+TINY = tiny_model(layers=2, heads=4)
 
 
 def _cfg(out, **over):
     d = {
         "task": "classification",
-        "data": {
-            "source": "files",
-            "files": {
-                "train": str(DATA / "sentiment_train.csv"),
-                "validation": str(DATA / "sentiment_validation.jsonl"),
-                "test": str(DATA / "sentiment_test.jsonl"),
-            },
-            "text_column": "sentence",
-            "label_column": "sentiment",
-            "max_length": 32,
-        },
+        "data": {**SENTIMENT, "max_length": 32},
         "model": TINY,
         "train": {
             "epochs": 2,
