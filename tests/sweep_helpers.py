@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import yaml
+from fixtures import SENTIMENT, tiny_model
 
 DATA = Path(__file__).parent / "data"
 
@@ -79,8 +80,7 @@ def slow(config_json: str) -> dict:
 
 # A tiny study on the sentiment fixtures (fake runs never read the files).
 def tiny(layers):
-    return {"init": "random", "layers": layers, "hidden": 32, "heads": 4, "intermediate": 64,
-            "tokenizer": "all-minilm-l6-v2"}  # fmt: skip
+    return tiny_model(layers=layers, heads=4)
 
 
 BASE = {
@@ -89,17 +89,7 @@ BASE = {
         {
             "name": "sent",
             "task": "classification",
-            "data": {
-                "source": "files",
-                "files": {
-                    "train": str(DATA / "sentiment_train.csv"),
-                    "validation": str(DATA / "sentiment_validation.jsonl"),
-                    "test": str(DATA / "sentiment_test.jsonl"),
-                },
-                "text_column": "sentence",
-                "label_column": "sentiment",
-                "max_length": 32,
-            },
+            "data": {**SENTIMENT, "max_length": 32},
         }
     ],
     "teacher": {"model": tiny(2)},

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import CONLL_LABELS, tiny_model
+from fixtures import SENTIMENT as SHARED_SENTIMENT
 from flax import nnx
 from safetensors.numpy import load_file
 
@@ -15,25 +17,9 @@ from kdjax.training.grouped import group_key, max_group_size, train_group
 from kdjax.training.run_dir import RunDir
 
 DATA = Path(__file__).parent / "data"
-TINY = {
-    "init": "random",
-    "layers": 1,
-    "hidden": 32,
-    "heads": 2,
-    "intermediate": 64,
-    "tokenizer": "all-minilm-l6-v2",
-}
-CONLL = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
-SENTIMENT = {
-    "files": {
-        "train": str(DATA / "sentiment_train.csv"),
-        "validation": str(DATA / "sentiment_validation.jsonl"),
-        "test": str(DATA / "sentiment_test.jsonl"),
-    },
-    "text_column": "sentence",
-    "label_column": "sentiment",
-    "labels": ["neg", "pos"],
-}
+TINY = tiny_model()
+CONLL = CONLL_LABELS
+SENTIMENT = {**SHARED_SENTIMENT, "labels": ["neg", "pos"]}
 NER = {
     "files": {s: str(DATA / "ner" / f"{s}.conll") for s in ("train", "validation", "test")},
     "labels": CONLL,
