@@ -222,16 +222,22 @@ def parse_config(data: dict[str, Any], where: str = "config") -> RunConfig:
         raise ConfigError(f"{where}: invalid configuration\n  {e}") from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a YAML run config; `overrides` replace top-level keys (e.g. output_dir)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, with a clear error for bad YAML or another shape."""
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a YAML run config; `overrides` replace top-level keys (e.g. output_dir)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    data = read_yaml_mapping(path)
     data.update(overrides or {})
     return parse_config(data, str(path))

@@ -10,9 +10,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from kdjax.config import ConfigError
+from kdjax.config import ConfigError, read_yaml_mapping
 
 
 def _absolute_files(raw: dict[str, Any], base: Path) -> None:
@@ -39,12 +37,7 @@ def _read(path: Path, stack: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str
     if not path.is_file():
         where = f" (included from {stack[-1]})" if stack else ""
         raise FileNotFoundError(f"manifest not found: {path}{where}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path)
     includes = raw.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]

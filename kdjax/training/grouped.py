@@ -320,13 +320,7 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
             member, host, run = _member(states, k), hosts[k], runs[k]
             val = evaluate(member.params, "validation", cfgs[k].teacher_checkpoint)
             run.log(event="eval", split="validation", epoch=epoch, step=step, **val)
-            host["history"].append({"epoch": epoch, **val})
-            for which, score in (("hs", [val[task.metric], -val["loss"]]), ("ll", [-val["loss"]])):
-                if host[which] is None or score > host[which]["score"]:
-                    host[which] = {"epoch": epoch, "score": score}
-                    run.save_params(which, epoch, member.params)
-            host["epoch"] = epoch
-            run.save_last(epoch, member, host)
+            run.end_epoch(epoch, val, task.metric, member, host)
     bar.close()
     train_time = time.time() - train_start
 

@@ -261,16 +261,10 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             bar.update(1)
         val = evaluate(state.params, "validation")
         run.log(event="eval", split="validation", epoch=epoch, step=step, **val)
-        host["history"].append({"epoch": epoch, **val})
         if progress:
             summary = ", ".join(f"validation {k} {v:.4f}" for k, v in val.items())
             bar.write(f"epoch {epoch}: {summary}", file=sys.stderr)
-        for which, score in (("hs", [val[task.metric], -val["loss"]]), ("ll", [-val["loss"]])):
-            if host[which] is None or score > host[which]["score"]:
-                host[which] = {"epoch": epoch, "score": score}
-                run.save_params(which, epoch, state.params)
-        host["epoch"] = epoch
-        run.save_last(epoch, state, host)
+        run.end_epoch(epoch, val, task.metric, state, host)
     bar.close()
 
     # 6. Test the validation-best (hs) epoch, restored from its checkpoint; export it.

@@ -75,6 +75,17 @@ class RunDir:
     def save_params(self, which: str, epoch: int, params) -> None:
         self.managers[which].save(epoch, args=ocp.args.StandardSave(nnx.to_pure_dict(params)))
 
+    def end_epoch(self, epoch: int, val: dict, metric: str, state, host: dict[str, Any]) -> None:
+        """Record epoch `epoch`'s validation metrics in `host`, checkpoint its params where it
+        is the best so far (hs: highest (metric, -loss); ll: lowest loss), then the full state."""
+        host["history"].append({"epoch": epoch, **val})
+        for which, score in (("hs", [val[metric], -val["loss"]]), ("ll", [-val["loss"]])):
+            if host[which] is None or score > host[which]["score"]:
+                host[which] = {"epoch": epoch, "score": score}
+                self.save_params(which, epoch, state.params)
+        host["epoch"] = epoch
+        self.save_last(epoch, state, host)
+
     def save_last(self, epoch: int, state, host: dict[str, Any]) -> None:
         """The full train state and the loop's host-side state (history, bests) after `epoch`."""
         # hs/ll first: once `last` says epoch N is finished, its hs/ll saves are complete.
