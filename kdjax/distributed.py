@@ -3,7 +3,8 @@
 One switch: `KDJAX_DISTRIBUTED=1` (or `kdjax --distributed ...`) calls
 `jax.distributed.initialize()`, which finds the coordinator itself on Cloud TPU, SLURM and
 Kubernetes. Elsewhere give it explicitly with KDJAX_COORDINATOR=host:port,
-KDJAX_NUM_PROCESSES and KDJAX_PROCESS_ID. Every process runs the same program on the same
+KDJAX_NUM_PROCESSES and KDJAX_PROCESS_ID. KDJAX_INIT_TIMEOUT (seconds, default 300) bounds how
+long a process waits for the others to join before it fails. Every process runs the same program on the same
 global batch order and feeds only its own rows; only process 0 writes files.
 """
 
@@ -32,6 +33,14 @@ def initialize(force: bool = False) -> bool:
             "num_processes": int(os.environ["KDJAX_NUM_PROCESSES"]),
             "process_id": int(os.environ["KDJAX_PROCESS_ID"]),
         }
+    timeout = os.environ.get("KDJAX_INIT_TIMEOUT")
+    if timeout:
+        try:
+            kwargs["initialization_timeout"] = int(timeout)
+        except ValueError:
+            raise ValueError(
+                f"KDJAX_INIT_TIMEOUT must be a whole number of seconds, got {timeout!r}"
+            ) from None
     if os.environ.get("JAX_PLATFORMS", "") == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)

@@ -9,6 +9,7 @@ Checkpoints (Orbax), one manager each, one step kept:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -27,8 +28,17 @@ CHECKPOINTS = ("hs", "ll")
 
 
 def _manager(path: Path) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-    return ocp.CheckpointManager(path.absolute(), options=options)
+    path = path.absolute()
+    # In a multi-process run Orbax names its cross-process barriers by step; managers that save
+    # the same step at once (hs, ll and last of one epoch, or the members of a group) would share
+    # barriers and fail. A prefix from the directory keeps each manager's barriers its own.
+    prefix = "kdjax-" + hashlib.sha1(str(path).encode()).hexdigest()[:16]
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        create=True,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=prefix),
+    )
+    return ocp.CheckpointManager(path, options=options)
 
 
 def restore_params(run: Path, which: str, target) -> Any:
