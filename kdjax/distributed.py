@@ -4,8 +4,8 @@ One switch: `KDJAX_DISTRIBUTED=1` (or `kdjax --distributed ...`) calls
 `jax.distributed.initialize()`, which finds the coordinator itself on Cloud TPU, SLURM and
 Kubernetes. Elsewhere give it explicitly with KDJAX_COORDINATOR=host:port,
 KDJAX_NUM_PROCESSES and KDJAX_PROCESS_ID. KDJAX_INIT_TIMEOUT (seconds, default 300) bounds how
-long a process waits for the others to join before it fails. Every process runs the same program on the same
-global batch order and feeds only its own rows; only process 0 writes files.
+long a process waits for the others to join before it fails. Every process runs the same
+program on the same global batch order and feeds only its own rows; only process 0 writes files.
 """
 
 from __future__ import annotations

@@ -33,9 +33,7 @@ def _env(devices, **extra):
     # No proxy may stand between the processes and their coordinator on loopback (gRPC honours
     # the *_proxy variables).
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if k != "XLA_FLAGS" and not k.lower().endswith("_proxy")
+        k: v for k, v in os.environ.items() if k != "XLA_FLAGS" and not k.lower().endswith("_proxy")
     }
     env.update(
         JAX_PLATFORMS="cpu",
