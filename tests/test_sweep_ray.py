@@ -4,6 +4,7 @@ retried, an exception raised by a run is not."""
 import os
 from pathlib import Path
 
+import pytest
 import ray
 import sweep_helpers
 from sweep_helpers import manifest
@@ -11,7 +12,10 @@ from sweep_helpers import manifest
 from kdjax.sweep import Ledger, RayExecutor, run_study
 
 
-def test_ray_sweep_retries_dead_workers_not_run_errors(tmp_path, monkeypatch):
+# group_size 8: the grid's 6 runs and the baseline go to Ray as one group (a trainer that cannot
+# group, like this fake one, runs it member by member); the worker's death reruns the group.
+@pytest.mark.parametrize("group_size", [1, 8])
+def test_ray_sweep_retries_dead_workers_not_run_errors(tmp_path, monkeypatch, group_size):
     # Workers import the fake run function by module name, from the tests directory.
     tests = str(Path(__file__).parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
@@ -22,7 +26,7 @@ def test_ray_sweep_retries_dead_workers_not_run_errors(tmp_path, monkeypatch):
             "init": "random", "layers": 1, "hidden": 32, "heads": 4, "intermediate": 64,
             "tokenizer": "all-minilm-l6-v2"}}])  # fmt: skip
         executor = RayExecutor(max_retries=2, run_fn=sweep_helpers.slow)
-        out = run_study(path, tmp_path / "w", executor, progress=False)
+        out = run_study(path, tmp_path / "w", executor, progress=False, group_size=group_size)
         assert ray.is_initialized()  # a Ray the caller started is left running
     finally:
         ray.shutdown()
@@ -35,9 +39,12 @@ def test_ray_sweep_retries_dead_workers_not_run_errors(tmp_path, monkeypatch):
         assert len((run_dir / "executions.log").read_text().split()) == 1
         failed = ledger.rows(status="failed")
         assert {r["distance"] for r in failed} == {"mse"}
+        # Application errors are not retried; a dead worker retries its whole group.
+        reran = 1 if group_size == 1 else 2
         for r in failed:
-            assert r["attempts"] == 1  # application errors are not retried
+            assert r["attempts"] == reran
             assert r["error"].startswith("ValueError: planted application error")
         others = ledger.rows(status="done")
-        assert len(others) == 6 and sum(r["attempts"] for r in others) == 7
+        assert len(others) == 6
+        assert sum(r["attempts"] for r in others) == (7 if group_size == 1 else 1 + 5 * 2)
         assert all(r["host"] and r["val_metric"] is not None for r in others)

@@ -30,6 +30,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         address=args.address,
         retry_failed=args.retry_failed,
         progress=not args.quiet,
+        group_size=args.group_size,
     )
 
 
@@ -60,6 +61,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=("local", "ray"), help="override the manifest's")
     p.add_argument("--address", help="Ray cluster address (default: the manifest's or local)")
     p.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    p.add_argument(
+        "--group-size",
+        type=int,
+        metavar="N",
+        help="override the manifest's executor.group_size (1: every run trains alone)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = subparsers.add_parser("status", help="counts, failures and best configs of a sweep")
     p.add_argument("workdir", help="sweep directory")

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import json
 import logging
+import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from tqdm.auto import tqdm
 
-from kdjax.sweep.executors import Executor, RunFn, Task, make_executor
+from kdjax.sweep.executors import Executor, Group, RunFn, Task, make_executor
 from kdjax.sweep.ledger import Ledger
 from kdjax.sweep.manifest import Manifest, load_manifest
 from kdjax.sweep.plan import Pair, Planner, Point, Run, choose, unique
@@ -32,11 +35,66 @@ def default_workdir(m: Manifest) -> Path:
     return Path("runs") / "sweeps" / m.name
 
 
+def memory_budget(gb: float | None, executor: str) -> int:
+    """Bytes one group may use: `gb` when given; else, for the local executor, 80% of the first
+    device's memory (half the host's RAM on a CPU); for Ray, half the driver host's RAM (the
+    driver never touches an accelerator the workers need)."""
+    if gb:
+        return int(gb * 2**30)
+    if executor == "local":
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+        if stats.get("bytes_limit"):
+            return int(0.8 * stats["bytes_limit"])
+    return int(0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def plan_tasks(runs: list[Run], group_size: int, budget: Callable[[], int]) -> list[Task | Group]:
+    """Runs as tasks: with `group_size` > 1, runs that can train together (`group_key`) form
+    groups of at most `group_size` members, fewer where the memory estimate for one member
+    (`max_group_size` of `budget()` bytes) says so, split evenly; every other run is alone."""
+    task = lambda r: Task(r.run_id, r.config.model_dump_json(), r.config.output_dir)
+    if group_size <= 1:
+        return [task(r) for r in runs]
+    from kdjax.training.grouped import group_key, max_group_size
+
+    buckets: dict[tuple, list[Run]] = {}
+    for r in runs:
+        buckets.setdefault(group_key(r.config), []).append(r)
+    out: list[Task | Group] = []
+    for key, rs in buckets.items():
+        cap = 1
+        if key[0] == "group" and len(rs) > 1:
+            try:
+                cap = max_group_size(rs[0].config, budget(), group_size)
+            except (OSError, ValueError) as e:  # e.g. the student's checkpoint not visible here
+                log.warning("no memory estimate for a group (%s); groups of %d", e, group_size)
+                cap = group_size
+        q, extra = divmod(len(rs), math.ceil(len(rs) / cap))  # sizes differ by at most one
+        start = 0
+        for i in range(math.ceil(len(rs) / cap)):
+            part = [task(r) for r in rs[start : start + q + (i < extra)]]
+            start += len(part)
+            out.append(part[0] if len(part) == 1 else Group(tuple(part)))
+    return out
+
+
 class _Sweep:
     """Executes batches of runs against the ledger, skipping what is already settled."""
 
-    def __init__(self, ledger: Ledger, executor: Executor, retry_failed: bool, progress: bool):
+    def __init__(
+        self,
+        ledger: Ledger,
+        executor: Executor,
+        retry_failed: bool,
+        progress: bool,
+        group_size: int = 1,
+        memory_gb: float | None = None,
+    ):
         self.ledger, self.executor, self.retry_failed = ledger, executor, retry_failed
+        self.group_size = group_size
+        self._budget = functools.cache(lambda: memory_budget(memory_gb, executor.name))
         self.seen: set[str] = set()
         self.attempted: set[str] = set()  # runs dispatched by this invocation
         self.done = self.failed = 0
@@ -82,7 +140,7 @@ class _Sweep:
         if not todo:
             return
         self.attempted.update(r.run_id for r in todo)
-        tasks = [Task(r.run_id, r.config.model_dump_json(), r.config.output_dir) for r in todo]
+        tasks = plan_tasks(todo, self.group_size, self._budget)
         for out in self.executor.run(tasks, self.ledger.mark_running):
             if out.ok:
                 self.ledger.mark_done(out.run_id, out.payload, out.attempts - 1)
@@ -169,11 +227,13 @@ def run_study(
     retry_failed: bool = False,
     run_fn: RunFn | None = None,
     progress: bool = True,
+    group_size: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study in `manifest_path`; returns the workdir and run counts.
 
     `executor`: an Executor, or "local"/"ray" to override the manifest's kind; `run_fn`
-    replaces the trainer (a module-level function taking a config JSON string)."""
+    replaces the trainer (a module-level function taking a config JSON string);
+    `group_size` overrides the manifest's `executor.group_size`."""
     m = load_manifest(manifest_path)
     workdir = Path(workdir) if workdir else default_workdir(m)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +249,10 @@ def run_study(
         requeued = ledger.reset_running()
         if requeued:
             print(f"{requeued} run(s) interrupted earlier go back to pending")
-        sweep = _Sweep(ledger, executor, retry_failed, progress)
+        if group_size is not None and group_size < 1:
+            raise ValueError(f"group_size must be at least 1, got {group_size}")
+        size = group_size or m.executor.group_size
+        sweep = _Sweep(ledger, executor, retry_failed, progress, size, m.executor.group_memory_gb)
         try:
             teachers = list(planner.teachers.values())
             sweep.execute(teachers)

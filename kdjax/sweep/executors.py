@@ -2,11 +2,14 @@
 
 Runs are idempotent and results come back to the driver, which alone writes the ledger; an
 executor only runs things. `LocalExecutor` runs them in this process, one at a time;
-`RayExecutor` spreads them over a Ray cluster (GPU nodes, TPU hosts), one task per run.
+`RayExecutor` spreads them over a Ray cluster (GPU nodes, TPU hosts), one task per run. A
+`Group` of runs (grouped training, `kdjax.training.grouped`) is one task that gives back one
+outcome per member: a member that fails does not fail the others.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
 import traceback
@@ -17,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 RunFn = Callable[[str], dict]
+# configs (JSON) -> one result per member, in order; a failed member's is
+# {"failed": True, "error": "Type: message\n..."}.
+GroupFn = Callable[[list[str]], list[dict]]
 
 
 def execute(config_json: str) -> dict[str, Any]:
@@ -28,6 +34,28 @@ def execute(config_json: str) -> dict[str, Any]:
     result = dict(train(cfg, progress=False))
     result["host"] = socket.gethostname()
     return result
+
+
+def execute_group(configs_json: list[str]) -> list[dict[str, Any]]:
+    """Train resolved configs (JSON) together in grouped steps; the workers' group entry point."""
+    from kdjax.config import parse_config
+    from kdjax.training.grouped import train_group
+
+    cfgs = [parse_config(json.loads(c), "run config") for c in configs_json]
+    results = train_group(cfgs, progress=False)
+    host = socket.gethostname()
+    return [{**r, "host": host} for r in results]
+
+
+def one_by_one(run_fn: RunFn, configs_json: list[str]) -> list[dict[str, Any]]:
+    """A group run member by member with `run_fn` (for a trainer that cannot group)."""
+    out = []
+    for c in configs_json:
+        try:
+            out.append(run_fn(c))
+        except Exception as e:  # noqa: BLE001 - one member's failure is that member's
+            out.append({"failed": True, "error": error_text(e)})
+    return out
 
 
 @dataclass(frozen=True)
@@ -45,6 +73,40 @@ class Outcome:
     attempts: int = 1  # executions of this submission (> 1 when a dead worker was retried)
 
 
+@dataclass(frozen=True)
+class Group:
+    """Runs trained together as one task."""
+
+    members: tuple[Task, ...]
+
+
+def members(t: Task | Group) -> tuple[Task, ...]:
+    return t.members if isinstance(t, Group) else (t,)
+
+
+def group_outcomes(group: Group, results: Any, attempts: int = 1) -> list[Outcome]:
+    """One outcome per member from what the group function returned."""
+    if not isinstance(results, list) or len(results) != len(group.members):
+        got = len(results) if isinstance(results, list) else type(results).__name__
+        error = f"GroupError: expected {len(group.members)} results, got {got}"
+        return [Outcome(t.run_id, False, error, attempts) for t in group.members]
+    out = []
+    for t, r in zip(group.members, results, strict=True):
+        if isinstance(r, dict) and r.get("failed"):
+            out.append(Outcome(t.run_id, False, str(r.get("error", "failed")), attempts))
+        else:
+            out.append(Outcome(t.run_id, True, r, attempts))
+    return out
+
+
+def group_failed(group: Group, error: str, attempts: int = 1) -> list[Outcome]:
+    """Every member failed with the group's own error (it never got as far as its members)."""
+    n = len(group.members)
+    head, _, rest = error.partition("\n")
+    text = f"{head} (in a group of {n}; rerun with --retry-failed --group-size 1 to train alone)"
+    return [Outcome(t.run_id, False, f"{text}\n{rest}", attempts) for t in group.members]
+
+
 def error_text(e: BaseException) -> str:
     """First line `Type: message` (what `kdjax status` shows), then the traceback."""
     tb = "".join(traceback.format_exception(e)).rstrip()
@@ -52,11 +114,23 @@ def error_text(e: BaseException) -> str:
 
 
 class Executor:
-    """Runs tasks; `on_start(run_id)` is called (in the caller's thread) as each is dispatched."""
+    """Runs tasks; `on_start(run_id)` is called (in the caller's thread) as each run is
+    dispatched, for every member of a group.
+
+    `run_fn` trains one run (default `execute`); `group_fn` trains a group (default
+    `execute_group`, or member by member with a custom `run_fn`)."""
 
     name = "executor"
 
-    def run(self, tasks: Sequence[Task], on_start: Callable[[str], None]) -> Iterator[Outcome]:
+    def __init__(self, run_fn: RunFn | None = None, group_fn: GroupFn | None = None):
+        self.run_fn = run_fn or execute
+        if group_fn is None:
+            group_fn = execute_group if run_fn is None else functools.partial(one_by_one, run_fn)
+        self.group_fn = group_fn
+
+    def run(
+        self, tasks: Sequence[Task | Group], on_start: Callable[[str], None]
+    ) -> Iterator[Outcome]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -64,25 +138,35 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """In-process, one run at a time. An exception fails that run; the sweep goes on."""
+    """In-process, one task at a time. An exception fails that run (or every member of that
+    group); the sweep goes on."""
 
     name = "local"
 
-    def __init__(self, run_fn: RunFn | None = None):
-        self.run_fn = run_fn or execute
-
-    def run(self, tasks: Sequence[Task], on_start: Callable[[str], None]) -> Iterator[Outcome]:
+    def run(
+        self, tasks: Sequence[Task | Group], on_start: Callable[[str], None]
+    ) -> Iterator[Outcome]:
         for t in tasks:
-            on_start(t.run_id)
+            for m in members(t):
+                on_start(m.run_id)
             try:
-                result = self.run_fn(t.config_json)
+                if isinstance(t, Group):
+                    results = self.group_fn([m.config_json for m in t.members])
+                else:
+                    result = self.run_fn(t.config_json)
             except Exception as e:  # noqa: BLE001 - any run error is that run's failure
-                yield Outcome(t.run_id, False, error_text(e))
+                if isinstance(t, Group):
+                    yield from group_failed(t, error_text(e))
+                else:
+                    yield Outcome(t.run_id, False, error_text(e))
             else:
-                yield Outcome(t.run_id, True, result)
+                if isinstance(t, Group):
+                    yield from group_outcomes(t, results)
+                else:
+                    yield Outcome(t.run_id, True, result)
 
 
-def _ray_task(run_fn: RunFn, config_json: str, marker: str | None) -> dict:
+def _ray_task(fn: Callable[[Any], Any], payload: Any, marker: str | None) -> Any:
     # Each execution (a retry after a worker died included) leaves a line in the marker, so
     # the driver can record how many attempts a run took.
     if marker:
@@ -92,12 +176,12 @@ def _ray_task(run_fn: RunFn, config_json: str, marker: str | None) -> dict:
                 f.write(f"{socket.gethostname()}\n")
         except OSError:
             pass  # no shared filesystem: attempts are then counted once
-    return run_fn(config_json)
+    return fn(payload)
 
 
 class RayExecutor(Executor):
-    """One Ray task per run, placed by `num_cpus`/`num_gpus`/`resources` (TPU hosts:
-    `resources={"TPU": 4}`). A run whose worker dies is retried by Ray up to `max_retries`
+    """One Ray task per run or group, placed by `num_cpus`/`num_gpus`/`resources` (TPU hosts:
+    `resources={"TPU": 4}`). A task whose worker dies is retried by Ray up to `max_retries`
     times; an exception raised by the run is not retried and comes back as a failure."""
 
     name = "ray"
@@ -110,7 +194,9 @@ class RayExecutor(Executor):
         resources: dict[str, float] | None = None,
         max_retries: int = 2,
         run_fn: RunFn | None = None,
+        group_fn: GroupFn | None = None,
     ):
+        super().__init__(run_fn, group_fn)
         self.address = address
         self.options: dict[str, Any] = {
             "num_cpus": num_cpus,
@@ -122,7 +208,6 @@ class RayExecutor(Executor):
         if num_gpus or resources:
             # A fresh process per run hands the accelerator's memory back when the run ends.
             self.options["max_calls"] = 1
-        self.run_fn = run_fn or execute
         self._started = False
 
     def _connect(self):
@@ -137,35 +222,50 @@ class RayExecutor(Executor):
             self._started = True
         return ray
 
-    def run(self, tasks: Sequence[Task], on_start: Callable[[str], None]) -> Iterator[Outcome]:
+    def run(
+        self, tasks: Sequence[Task | Group], on_start: Callable[[str], None]
+    ) -> Iterator[Outcome]:
         ray = self._connect()
         remote = ray.remote(_ray_task).options(**self.options)
-        pending: dict[Any, tuple[Task, str]] = {}
+        pending: dict[Any, tuple[Task | Group, str]] = {}
         try:
             for t in tasks:
-                marker = str(Path(t.output_dir) / f".attempt-{uuid.uuid4().hex[:12]}")
-                on_start(t.run_id)
-                pending[remote.remote(self.run_fn, t.config_json, marker)] = (t, marker)
+                first = members(t)[0]
+                marker = str(Path(first.output_dir) / f".attempt-{uuid.uuid4().hex[:12]}")
+                for m in members(t):
+                    on_start(m.run_id)
+                if isinstance(t, Group):
+                    ref = remote.remote(self.group_fn, [m.config_json for m in t.members], marker)
+                else:
+                    ref = remote.remote(self.run_fn, t.config_json, marker)
+                pending[ref] = (t, marker)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
                     t, marker = pending.pop(ref)
-                    yield self._outcome(ray, ref, t, marker)
+                    yield from self._outcomes(ray, ref, t, marker)
         finally:
             for ref in pending:  # the driver stopped early: do not leave runs behind
                 ray.cancel(ref, force=True)
 
-    def _outcome(self, ray, ref, t: Task, marker: str) -> Outcome:
+    def _outcomes(self, ray, ref, t: Task | Group, marker: str) -> list[Outcome]:
         attempts = _count_lines(marker)
         try:
-            return Outcome(t.run_id, True, ray.get(ref), attempts)
+            value = ray.get(ref)
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if getattr(e, "cause", None) is not None else e
             head = f"{type(cause).__name__}: {cause}".split("\n", 1)[0]
-            return Outcome(t.run_id, False, f"{head}\n{e}", attempts)
+            error = f"{head}\n{e}"
         except ray.exceptions.RayError as e:  # a worker or node died more than max_retries times
             head = f"{type(e).__name__}: {e}".split("\n", 1)[0]
-            return Outcome(t.run_id, False, f"{head}\n{e}", attempts)
+            error = f"{head}\n{e}"
+        else:
+            if isinstance(t, Group):
+                return group_outcomes(t, value, attempts)
+            return [Outcome(t.run_id, True, value, attempts)]
+        if isinstance(t, Group):
+            return group_failed(t, error, attempts)
+        return [Outcome(t.run_id, False, error, attempts)]
 
     def close(self) -> None:
         if self._started:

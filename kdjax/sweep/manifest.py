@@ -128,6 +128,19 @@ class ExecutorSpec(Frozen):
     num_gpus: float = Field(0, ge=0)
     resources: dict[str, float] = Field({}, description="e.g. {TPU: 4} on a TPU host")
     max_retries: int = Field(2, ge=0, description="retries of a run whose worker died")
+    group_size: int = Field(
+        1,
+        ge=1,
+        description="grouped training: at most this many cached-teacher distillation runs that "
+        "share dataset, student, shapes and training length train together in one compiled "
+        "step (fewer where group_memory_gb does not hold them); 1 trains every run alone",
+    )
+    group_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory one group may use on a worker (device memory on an accelerator); "
+        "None: 80% of the first local device's memory, or half the host's RAM on a CPU",
+    )
 
 
 @dataclass(frozen=True)
