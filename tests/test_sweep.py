@@ -237,6 +237,7 @@ def test_plan_command_prints_counts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "teacher runs: 1" in out and "logit caches: 1" in out
     assert "1:distance   2" in out and "student runs: at most 8" in out
+    assert "grouped training: off (executor.group_size 1)" in out
     assert "48 teacher + 384 student example-epochs" in out
     assert sweep_main(["plan", str(tmp_path / "missing.yaml")]) == 2
 

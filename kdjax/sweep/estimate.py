@@ -88,6 +88,15 @@ def describe_plan(m: Manifest, workdir: str | Path) -> str:
         )
         for d in per_dataset:
             per_dataset[d] = total // max(len(planner.datasets), 1)
+    g = m.executor.group_size
+    if g > 1 and m.teacher_mode == "cached":
+        lines.append(
+            f"grouped training: up to {g} runs of one dataset, student and seed train together "
+            "(executor.group_size; fewer where memory is short)"
+        )
+    else:
+        why = "teacher_mode online" if g > 1 else "executor.group_size 1"
+        lines.append(f"grouped training: off ({why}); every run trains alone")
     ledger_path = Path(workdir) / "ledger.sqlite"
     ledger = Ledger(ledger_path) if ledger_path.is_file() else None
     try:
