@@ -41,7 +41,6 @@ from kdjax.data.sources import resolve_checkpoint
 from kdjax.distributed import is_main
 from kdjax.losses import kd_loss
 from kdjax.losses.distances import get_distance
-from kdjax.models import save_pretrained
 from kdjax.models.config import EncoderConfig
 from kdjax.tasks import get_task
 from kdjax.training import loop
@@ -49,9 +48,9 @@ from kdjax.training.batching import epoch_batches, take
 from kdjax.training.diagnostics import diagnostics
 from kdjax.training.evaluate import predict_logits
 from kdjax.training.mesh import data_sharded, make_mesh, param_sharding, put_batch
-from kdjax.training.run_dir import RunDir, restore_params
+from kdjax.training.run_dir import RunDir
 from kdjax.training.step import TrainState, _forward, init_state, make_optimizer, make_predict
-from kdjax.training.teacher import params_sha256, teacher_logits, teacher_paths
+from kdjax.training.teacher import teacher_logits, teacher_paths
 
 log = logging.getLogger(__name__)
 
@@ -332,38 +331,12 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
             error = f"TrainingDiverged: {failed[k]}"
             results.append({"failed": True, "error": error, "output_dir": cfg.output_dir})
             continue
-        params, checkpoints = _member(states, k).params, {}
-        for which in ("ll", "hs"):  # hs last: its params stay in `params` for the export
-            restore_params(run.dir, which, params)
-            checkpoints[which] = {
-                "epoch": host[which]["epoch"],
-                "validation": host["history"][host[which]["epoch"] - 1],
-                "params_sha256": params_sha256(params),
-            }
-            run.write_text(f"checkpoints/{which}.sha256", checkpoints[which]["params_sha256"])
-        result = {
-            "kind": "distill",
-            "task": cfg.task,
-            "metric": task.metric,
-            "best_epoch": host["hs"]["epoch"],
-            "validation": checkpoints["hs"]["validation"],  # the hs epoch's, same params
-            "test": evaluate(params, "test", cfg.teacher_checkpoint, diagnose=True),
-            "checkpoints": checkpoints,
-            "history": host["history"],
-            "data": ds.info,
-            "labels": list(ds.labels),
-            "teacher": cfg.teacher,
-            "teacher_checkpoint": cfg.teacher_checkpoint,
-            "teacher_mode": cfg.teacher_mode,
-            "kd": cfg.kd.model_dump(),
-            "steps": total,
-            "resumed_after_epoch": (first - 1) or None,
-            "train_time_s": round(train_time / size, 2),
-            "devices": mesh.shape["data"],
-            "versions": loop.versions(),
-        }
-        save_pretrained(nnx.merge(graphdef, params), run.dir / "model", tokenizer=tokenizer)
-        result["diagnostics"] = result["test"].pop("diagnostics")
+        result = loop.finish(
+            cfg, run, host, _member(states, k).params, graphdef, tokenizer, ds,
+            test=lambda p, c=cfg: evaluate(p, "test", c.teacher_checkpoint, diagnose=True),
+            steps=total, resumed_after=(first - 1) or None, devices=mesh.shape["data"],
+            train_time_s=train_time / size,
+        )  # fmt: skip
         results.append(result)
     wall = time.time() - start
     for k, (run, result) in enumerate(zip(runs, results, strict=True)):

@@ -13,6 +13,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -268,23 +269,40 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     bar.close()
 
     # 6. Test the validation-best (hs) epoch, restored from its checkpoint; export it.
+    result = finish(
+        cfg, run, host, state.params, graphdef, tokenizer, ds,
+        test=lambda params: evaluate(params, "test", diagnose=True),
+        steps=total, resumed_after=resumed_after, devices=mesh.shape["data"],
+        train_time_s=time.time() - train_start,
+    )  # fmt: skip
+    result["wall_time_s"] = round(time.time() - start, 2)
+    run.close(result)
+    return result
+
+
+def finish(cfg: RunConfig, run: RunDir, host: dict[str, Any], params, graphdef, tokenizer, ds,
+           *, test: Callable[[Any], dict[str, Any]], steps: int, resumed_after: int | None,
+           devices: int, train_time_s: float) -> dict[str, Any]:  # fmt: skip
+    """A trained run's result: restores its ll then hs checkpoint into `params` (hs stays),
+    records both, tests hs with `test(params)` (metrics plus `diagnostics`) and exports it."""
     checkpoints = {}
-    for which in ("ll", "hs"):  # hs last: its params stay in `state` for the export
-        restore_params(run.dir, which, state.params)
+    for which in ("ll", "hs"):  # hs last: its params stay in `params` for the export
+        restore_params(run.dir, which, params)
         checkpoints[which] = {
             "epoch": host[which]["epoch"],
             "validation": host["history"][host[which]["epoch"] - 1],
             # Recorded so that students can find their cached logits without loading us.
-            "params_sha256": params_sha256(state.params),
+            "params_sha256": params_sha256(params),
         }
         run.write_text(f"checkpoints/{which}.sha256", checkpoints[which]["params_sha256"])
+    kd = cfg.kd if cfg.teacher else None
     result = {
         "kind": "distill" if cfg.teacher else "finetune",
         "task": cfg.task,
-        "metric": task.metric,
+        "metric": get_task(cfg.task).metric,
         "best_epoch": host["hs"]["epoch"],
         "validation": checkpoints["hs"]["validation"],  # the hs epoch's, same params
-        "test": evaluate(state.params, "test", diagnose=True),
+        "test": test(params),
         "checkpoints": checkpoints,
         "history": host["history"],
         "data": ds.info,
@@ -293,15 +311,13 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         "teacher_checkpoint": cfg.teacher_checkpoint if cfg.teacher else None,
         "teacher_mode": cfg.teacher_mode if cfg.teacher else None,
         "kd": kd.model_dump() if kd else None,
-        "steps": total,
+        "steps": steps,
         "resumed_after_epoch": resumed_after,
-        "train_time_s": round(time.time() - train_start, 2),
+        "train_time_s": round(train_time_s, 2),
         "wall_time_s": None,
-        "devices": mesh.shape["data"],
+        "devices": devices,
         "versions": versions(),
     }
-    save_pretrained(nnx.merge(graphdef, state.params), run.dir / "model", tokenizer=tokenizer)
+    save_pretrained(nnx.merge(graphdef, params), run.dir / "model", tokenizer=tokenizer)
     result["diagnostics"] = result["test"].pop("diagnostics")
-    result["wall_time_s"] = round(time.time() - start, 2)
-    run.close(result)
     return result
