@@ -58,6 +58,8 @@ def fails(**over):
          "search.order: swept axes missing: ['alpha']"),
         ({"search": {"strategy": "grid", "order": ["distance"]}}, "search.order: only used with"),
         ({"executor": {"kind": "slurm"}}, "executor.kind: Input should be 'local' or 'ray'"),
+        ({"executor": {"group_size": 0}},
+         "executor.group_size: Input should be greater than or equal to 1"),
     ],
 )  # fmt: skip
 def test_bad_manifest_names_the_field(over, expected):

@@ -2,6 +2,7 @@
 member failing alone, and a real grouped study whose runs equal their solo runs."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from sweep_helpers import BASE, manifest
 
 from kdjax.config import parse_config
 from kdjax.sweep import Ledger, LocalExecutor, Planner, load_manifest, run_study
-from kdjax.sweep.driver import plan_tasks
+from kdjax.sweep.driver import memory_budget, plan_tasks
 from kdjax.sweep.executors import Group, Task
 from kdjax.training import train
 from kdjax.training.grouped import max_group_size
@@ -131,3 +132,10 @@ def _same_as_alone(member: dict, tmp_path: Path) -> None:
     for split in ("validation", "test"):
         for k, v in solo[split].items():
             np.testing.assert_allclose(grouped[split][k], v, rtol=1e-5, err_msg=f"{split} {k}")
+
+
+def test_memory_budget():
+    half_ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    assert memory_budget(1.5, "ray") == memory_budget(1.5, "local") == int(1.5 * 2**30)
+    assert memory_budget(None, "ray") == half_ram
+    assert memory_budget(None, "local") == half_ram  # CPU devices report no memory limit
