@@ -96,6 +96,7 @@ def test_a_group_that_raises_fails_its_members_with_a_way_out(tmp_path):
     assert len(fake.CALLS) == 13
     with pytest.raises(ValueError, match="group_size must be at least 1, got 0"):
         run_study(path, tmp_path / "w2", LocalExecutor(fake.planted), group_size=0)
+    assert not (tmp_path / "w2").exists()  # refused before anything is written
 
 
 def test_real_grouped_study_equals_solo_runs(tmp_path):

@@ -234,6 +234,8 @@ def run_study(
     `executor`: an Executor, or "local"/"ray" to override the manifest's kind; `run_fn`
     replaces the trainer (a module-level function taking a config JSON string);
     `group_size` overrides the manifest's `executor.group_size`."""
+    if group_size is not None and group_size < 1:
+        raise ValueError(f"group_size must be at least 1, got {group_size}")
     m = load_manifest(manifest_path)
     workdir = Path(workdir) if workdir else default_workdir(m)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -249,8 +251,6 @@ def run_study(
         requeued = ledger.reset_running()
         if requeued:
             print(f"{requeued} run(s) interrupted earlier go back to pending")
-        if group_size is not None and group_size < 1:
-            raise ValueError(f"group_size must be at least 1, got {group_size}")
         size = group_size or m.executor.group_size
         sweep = _Sweep(ledger, executor, retry_failed, progress, size, m.executor.group_memory_gb)
         try:
