@@ -75,7 +75,7 @@ def test_grouped_sweep_records_one_row_per_member_and_fails_members_alone(tmp_pa
         assert all(r["attempts"] == 1 for r in rows)
 
 
-def test_a_group_that_raises_fails_its_members_with_a_way_out(tmp_path):
+def test_a_group_that_raises_fails_its_members_with_a_way_out(tmp_path, capsys):
     def broken(configs_json):
         raise MemoryError("RESOURCE_EXHAUSTED: out of memory (planted)")
 
@@ -90,6 +90,8 @@ def test_a_group_that_raises_fails_its_members_with_a_way_out(tmp_path):
             "MemoryError: RESOURCE_EXHAUSTED: out of memory (planted) (in a group of 13; "
             "rerun with --retry-failed --group-size 1 to train alone)"
         )
+    printed = capsys.readouterr().out
+    assert printed.count("MemoryError") == 1 and "and 12 more run(s) the same way: " in printed
     fake.CALLS.clear()
     run_study(path, tmp_path / "w", LocalExecutor(fake.planted), retry_failed=True, group_size=1,
               progress=False)  # fmt: skip

@@ -141,14 +141,27 @@ class _Sweep:
             return
         self.attempted.update(r.run_id for r in todo)
         tasks = plan_tasks(todo, self.group_size, self._budget)
+        same: list[str] = []  # runs after the last printed failure that failed the same way
+        last = None
         for out in self.executor.run(tasks, self.ledger.mark_running):
             if out.ok:
                 self.ledger.mark_done(out.run_id, out.payload, out.attempts - 1)
                 self._bar(done=1)
+                continue
+            self.ledger.mark_failed(out.run_id, out.payload, out.attempts - 1)
+            head = out.payload.splitlines()[0]
+            if head == last:  # e.g. every member of a group that raised: one line for all
+                same.append(out.run_id)
             else:
-                self.ledger.mark_failed(out.run_id, out.payload, out.attempts - 1)
-                self.bar.write(f"run {out.run_id} failed: {out.payload.splitlines()[0]}")
-                self._bar(failed=1)
+                self._same_way(same)
+                self.bar.write(f"run {out.run_id} failed: {head}")
+                same, last = [], head
+            self._bar(failed=1)
+        self._same_way(same)
+
+    def _same_way(self, runs: list[str]) -> None:
+        if runs:
+            self.bar.write(f"  and {len(runs)} more run(s) the same way: {', '.join(runs)}")
 
     def close(self) -> None:
         self.bar.close()
