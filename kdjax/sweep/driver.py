@@ -71,9 +71,10 @@ def plan_tasks(runs: list[Run], group_size: int, budget: Callable[[], int]) -> l
             except (OSError, ValueError) as e:  # e.g. the student's checkpoint not visible here
                 log.warning("no memory estimate for a group (%s); groups of %d", e, group_size)
                 cap = group_size
-        q, extra = divmod(len(rs), math.ceil(len(rs) / cap))  # sizes differ by at most one
+        chunks = math.ceil(len(rs) / cap)
+        q, extra = divmod(len(rs), chunks)  # sizes differ by at most one
         start = 0
-        for i in range(math.ceil(len(rs) / cap)):
+        for i in range(chunks):
             part = [task(r) for r in rs[start : start + q + (i < extra)]]
             start += len(part)
             out.append(part[0] if len(part) == 1 else Group(tuple(part)))

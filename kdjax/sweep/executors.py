@@ -84,27 +84,32 @@ def members(t: Task | Group) -> tuple[Task, ...]:
     return t.members if isinstance(t, Group) else (t,)
 
 
-def group_outcomes(group: Group, results: Any, attempts: int = 1) -> list[Outcome]:
-    """One outcome per member from what the group function returned."""
-    if not isinstance(results, list) or len(results) != len(group.members):
-        got = len(results) if isinstance(results, list) else type(results).__name__
-        error = f"GroupError: expected {len(group.members)} results, got {got}"
-        return [Outcome(t.run_id, False, error, attempts) for t in group.members]
+def succeeded(t: Task | Group, value: Any, attempts: int = 1) -> list[Outcome]:
+    """One outcome per run from what the run (its result) or the group (one per member)
+    returned; a member whose result says `failed` failed alone."""
+    if isinstance(t, Task):
+        return [Outcome(t.run_id, True, value, attempts)]
+    if not isinstance(value, list) or len(value) != len(t.members):
+        got = len(value) if isinstance(value, list) else type(value).__name__
+        error = f"GroupError: expected {len(t.members)} results, got {got}"
+        return [Outcome(m.run_id, False, error, attempts) for m in t.members]
     out = []
-    for t, r in zip(group.members, results, strict=True):
+    for m, r in zip(t.members, value, strict=True):
         if isinstance(r, dict) and r.get("failed"):
-            out.append(Outcome(t.run_id, False, str(r.get("error", "failed")), attempts))
+            out.append(Outcome(m.run_id, False, str(r.get("error", "failed")), attempts))
         else:
-            out.append(Outcome(t.run_id, True, r, attempts))
+            out.append(Outcome(m.run_id, True, r, attempts))
     return out
 
 
-def group_failed(group: Group, error: str, attempts: int = 1) -> list[Outcome]:
-    """Every member failed with the group's own error (it never got as far as its members)."""
-    n = len(group.members)
+def failed(t: Task | Group, error: str, attempts: int = 1) -> list[Outcome]:
+    """The run failed with `error`; a group's every member, with the hint to train alone."""
+    if isinstance(t, Task):
+        return [Outcome(t.run_id, False, error, attempts)]
     head, _, rest = error.partition("\n")
+    n = len(t.members)
     text = f"{head} (in a group of {n}; rerun with --retry-failed --group-size 1 to train alone)"
-    return [Outcome(t.run_id, False, f"{text}\n{rest}", attempts) for t in group.members]
+    return [Outcome(m.run_id, False, f"{text}\n{rest}", attempts) for m in t.members]
 
 
 def error_text(e: BaseException) -> str:
@@ -133,6 +138,12 @@ class Executor:
     ) -> Iterator[Outcome]:
         raise NotImplementedError
 
+    def call(self, t: Task | Group) -> tuple[Callable[[Any], Any], Any]:
+        """The function that trains `t` and its argument."""
+        if isinstance(t, Group):
+            return self.group_fn, [m.config_json for m in t.members]
+        return self.run_fn, t.config_json
+
     def close(self) -> None:
         pass
 
@@ -149,21 +160,13 @@ class LocalExecutor(Executor):
         for t in tasks:
             for m in members(t):
                 on_start(m.run_id)
+            fn, payload = self.call(t)
             try:
-                if isinstance(t, Group):
-                    results = self.group_fn([m.config_json for m in t.members])
-                else:
-                    result = self.run_fn(t.config_json)
+                value = fn(payload)
             except Exception as e:  # noqa: BLE001 - any run error is that run's failure
-                if isinstance(t, Group):
-                    yield from group_failed(t, error_text(e))
-                else:
-                    yield Outcome(t.run_id, False, error_text(e))
+                yield from failed(t, error_text(e))
             else:
-                if isinstance(t, Group):
-                    yield from group_outcomes(t, results)
-                else:
-                    yield Outcome(t.run_id, True, result)
+                yield from succeeded(t, value)
 
 
 def _ray_task(fn: Callable[[Any], Any], payload: Any, marker: str | None) -> Any:
@@ -234,11 +237,7 @@ class RayExecutor(Executor):
                 marker = str(Path(first.output_dir) / f".attempt-{uuid.uuid4().hex[:12]}")
                 for m in members(t):
                     on_start(m.run_id)
-                if isinstance(t, Group):
-                    ref = remote.remote(self.group_fn, [m.config_json for m in t.members], marker)
-                else:
-                    ref = remote.remote(self.run_fn, t.config_json, marker)
-                pending[ref] = (t, marker)
+                pending[remote.remote(*self.call(t), marker)] = (t, marker)
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 for ref in ready:
@@ -260,12 +259,8 @@ class RayExecutor(Executor):
             head = f"{type(e).__name__}: {e}".split("\n", 1)[0]
             error = f"{head}\n{e}"
         else:
-            if isinstance(t, Group):
-                return group_outcomes(t, value, attempts)
-            return [Outcome(t.run_id, True, value, attempts)]
-        if isinstance(t, Group):
-            return group_failed(t, error, attempts)
-        return [Outcome(t.run_id, False, error, attempts)]
+            return succeeded(t, value, attempts)
+        return failed(t, error, attempts)
 
     def close(self) -> None:
         if self._started:
