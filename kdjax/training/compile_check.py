@@ -26,8 +26,7 @@ from kdjax.training.step import (
     TrainState,
     kd_hparams,
     make_optimizer,
-    make_train_step,
-    objective,
+    make_run_step,
 )
 
 # (layers, hidden, heads, intermediate) of hub checkpoints the study uses (BERT vocabulary).
@@ -124,16 +123,7 @@ def compile_check(cfg: RunConfig, device_memory_gb: float | None = None) -> dict
     )
     rows = padded_size(cfg.train.batch_size, mesh)
     batch = _batch(cfg, rows, num_labels, data_sharded(mesh), cached=kd is not None and not online)
-    step = make_train_step(
-        graphdef,
-        tx,
-        objective(cfg.task, kd),
-        teacher_graphdef=t_graphdef,
-        state_sharding=jax.tree.map(lambda x: x.sharding, state),
-        teacher_sharding=jax.tree.map(lambda x: x.sharding, t_params),
-        batch_sharding=data_sharded(mesh),
-        compute_dtype=jnp.dtype(cfg.train.compute_dtype),
-    )
+    step = make_run_step(cfg, graphdef, tx, kd, state, mesh, t_graphdef, t_params)
     hp = kd_hparams(kd)
     compiled = step.lower(state, t_params, batch, jax.random.key(0), hp).compile()
     mem = compiled.memory_analysis()

@@ -36,7 +36,6 @@ from kdjax.training.batching import epoch_batches, take
 from kdjax.training.diagnostics import diagnostics
 from kdjax.training.evaluate import predict_logits
 from kdjax.training.mesh import (
-    data_sharded,
     make_mesh,
     padded_size,
     param_sharding,
@@ -48,8 +47,7 @@ from kdjax.training.step import (
     kd_hparams,
     make_optimizer,
     make_predict,
-    make_train_step,
-    objective,
+    make_run_step,
 )
 from kdjax.training.teacher import params_sha256, teacher_logits, teacher_paths
 
@@ -192,16 +190,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     total = steps_per_epoch * tc.epochs
     tx, schedule = make_optimizer(tc, total)
     state = init_state(params, tx, rep)
-    step_fn = make_train_step(
-        graphdef,
-        tx,
-        objective(cfg.task, kd),
-        teacher_graphdef=online,
-        state_sharding=jax.tree.map(lambda x: x.sharding, state),
-        teacher_sharding=jax.tree.map(lambda x: x.sharding, t_params),
-        batch_sharding=data_sharded(mesh),
-        compute_dtype=jnp.dtype(tc.compute_dtype),
-    )
+    step_fn = make_run_step(cfg, graphdef, tx, kd, state, mesh, online, t_params)
     predict = make_predict(graphdef, jnp.dtype(tc.compute_dtype))
     hp = kd_hparams(kd)
 

@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from kdjax.config import KDConfig, TrainConfig
+from kdjax.config import KDConfig, RunConfig, TrainConfig
 from kdjax.losses import kd_loss, label_loss
 from kdjax.tasks import get_task
+from kdjax.training.mesh import data_sharded
 
 
 class TrainState(NamedTuple):
@@ -137,6 +138,23 @@ def make_train_step(
         in_shardings = (state_sharding, teacher_sharding, batch_sharding, None, None)
         out_shardings = (state_sharding, None)
     return jax.jit(step, donate_argnums=0, in_shardings=in_shardings, out_shardings=out_shardings)
+
+
+def make_run_step(cfg: RunConfig, graphdef, tx, kd, state, mesh, teacher_graphdef=None,
+                  teacher_params=None):  # fmt: skip
+    """The train step of run `cfg` with KD settings `kd` (None: labels only), placed like
+    `state` and `teacher_params` (real or abstract arrays) on `mesh`: the one program that
+    `train` runs and `kdjax compile-check` compiles."""
+    return make_train_step(
+        graphdef,
+        tx,
+        objective(cfg.task, kd),
+        teacher_graphdef=teacher_graphdef,
+        state_sharding=jax.tree.map(lambda x: x.sharding, state),
+        teacher_sharding=jax.tree.map(lambda x: x.sharding, teacher_params),
+        batch_sharding=data_sharded(mesh),
+        compute_dtype=jnp.dtype(cfg.train.compute_dtype),
+    )
 
 
 def make_predict(graphdef, compute_dtype=None):
