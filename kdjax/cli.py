@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from kdjax.analysis.report import add_parser as add_report_parser
-from kdjax.config import ConfigError, load_config
+from kdjax.config import USER_ERRORS, ConfigError, load_config
 from kdjax.sweep.cli import COMMANDS as SWEEP_COMMANDS
 from kdjax.sweep.cli import add_parsers as add_sweep_parsers
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.workdir, fresh=args.fresh)
         else:
             _run(args, "finetune" if args.command == "teacher" else args.command)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -197,6 +197,11 @@ class ConfigError(ValueError):
     """A config file that does not validate; the message lists each bad field."""
 
 
+# What the command lines report as `error: ...` (exit 2) instead of a traceback: bad configs
+# (ConfigError), bad values, missing files, and runs that cannot go on.
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
 def format_errors(e: ValidationError, where: str) -> str:
     lines = [f"{where}: invalid configuration"]
     for err in e.errors():

@@ -74,7 +74,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from kdjax.config import ConfigError
+    from kdjax.config import USER_ERRORS
 
     parser = argparse.ArgumentParser(prog="kdjax-sweep", description=__doc__)
     add_parsers(parser.add_subparsers(dest="command", required=True))
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         COMMANDS[args.command](args)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
