@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import sweep_helpers as fake
-import yaml
 from sweep_helpers import BASE, manifest
 
 from kdjax.config import parse_config
@@ -18,7 +17,6 @@ from kdjax.sweep.executors import Group, Task
 from kdjax.training import train
 from kdjax.training.grouped import max_group_size
 
-ROOT = Path(__file__).resolve().parent.parent
 GRID = {"strategy": "grid"}
 AXES = {"teacher": ["hs", "ll"], "distance": ["ce", "kl", "mse"], "alpha": [0.5, 1.0]}
 
@@ -102,13 +100,18 @@ def test_a_group_that_raises_fails_its_members_with_a_way_out(tmp_path, capsys):
 
 
 def test_real_grouped_study_equals_solo_runs(tmp_path):
-    smoke = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
-    for split, f in smoke["datasets"][0]["data"]["files"].items():
-        smoke["datasets"][0]["data"]["files"][split] = str(ROOT / "experiments" / f)
-    smoke.update(search=GRID, executor={"kind": "local", "group_size": 4})
-    smoke["axes"]["distance"] = ["ce", "kl", "mse"]  # x alpha [0.5, 1.0] + baseline: 7 runs
-    path = tmp_path / "smoke.yaml"
-    path.write_text(yaml.safe_dump(smoke))
+    # Equal train and eval batch shapes, no length grouping: solo and grouped runs do the same
+    # matmuls (see test_grouped.py).
+    train = {"epochs": 1, "batch_size": 16, "eval_batch_size": 16, "learning_rate": 1e-3,
+             "log_every": 2, "group_by_length": False}  # fmt: skip
+    path = manifest(
+        tmp_path,
+        axes={"distance": ["ce", "kl", "mse"], "alpha": [0.5, 1.0]},  # + baseline: 7 runs
+        students=[BASE["students"][0]],
+        search=GRID,
+        train={"default": train},
+        executor={"kind": "local", "group_size": 4},
+    )
     out = run_study(path, tmp_path / "w", progress=False)
     assert out["done"] == 8 and out["failed"] == 0
     with Ledger(tmp_path / "w" / "ledger.sqlite") as ledger:
