@@ -91,3 +91,39 @@ def test_dropout_scales_kept_values_and_is_off_without_key():
     y2 = np.asarray(drop(x, 0.25))  # the next site draws another mask
     assert (y != y2).any()
     np.testing.assert_array_equal(np.asarray(encoder.DropoutKeys(None)(x, 0.25)), np.asarray(x))
+
+
+def _tiny_model(dropout: float):
+    from kdjax.models.encoder import Model
+
+    cfg = EncoderConfig(vocab_size=50, hidden_size=32, num_heads=4, intermediate_size=48,
+                        num_layers=2, max_position_embeddings=32, hidden_dropout=dropout,
+                        attention_dropout=dropout)  # fmt: skip
+    return nnx.split(Model(cfg, "classification", 2, rngs=nnx.Rngs(0)))
+
+
+def test_scanned_layers_equal_unrolled_layers(monkeypatch):
+    """Deep encoders scan their layers: same logits in eval mode, same gradients without
+    dropout; with dropout each scanned layer draws its own masks."""
+    rng = np.random.default_rng(2)
+    ids = jnp.asarray(rng.integers(1, 50, size=(4, 16)), jnp.int32)
+    mask = jnp.asarray(_padded_mask(rng, 4, 16))
+
+    def run(graphdef, params, key):
+        def loss(p, key):
+            logits = nnx.merge(graphdef, p)(ids, mask, dropout_key=key)
+            return (logits**2).sum(), logits
+
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params, key)
+
+    graphdef, params = _tiny_model(0.0)
+    (_, unrolled), g_unrolled = run(graphdef, params, None)
+    monkeypatch.setattr(encoder, "SCAN_MIN_LAYERS", 2)
+    (_, scanned), g_scanned = run(graphdef, params, None)
+    np.testing.assert_allclose(np.asarray(scanned), np.asarray(unrolled), atol=1e-5, rtol=0)
+    for a, b in zip(jax.tree.leaves(g_scanned), jax.tree.leaves(g_unrolled), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+    graphdef, params = _tiny_model(0.3)
+    a = run(graphdef, params, jax.random.key(1))[0][1]
+    b = run(graphdef, params, jax.random.key(2))[0][1]
+    assert np.isfinite(np.asarray(a)).all() and not np.allclose(a, b)

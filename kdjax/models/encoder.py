@@ -32,6 +32,12 @@ _ACT = {
 # fused kernel can be forced with "cudnn" on a GPU for the shapes and dtypes it supports).
 ATTENTION: str | None = None
 
+# Encoders at least this deep run their layers as one scanned layer over stacked params: the
+# 24-layer teacher's forward pass compiled 4x faster on CPU (27 s -> 7 s,
+# benchmarks/scan_compile.py), and it is compiled once per length bucket. Shallower encoders
+# (the students, MiniLM) stay unrolled, which lets XLA optimise across layers.
+SCAN_MIN_LAYERS = 12
+
 
 class DropoutKeys:
     """Hands out a fresh key per dropout site; `None` key means deterministic (eval) mode.
@@ -47,6 +53,11 @@ class DropoutKeys:
     def __init__(self, key: jax.Array | None):
         self.key = key
         self.count = 0
+
+    def for_layer(self, index: jax.Array) -> DropoutKeys:
+        """The sites of scanned layer `index` (traced): their own key, counted from 0."""
+        key = None if self.key is None else jax.random.fold_in(self.key, (1 << 20) + index)
+        return DropoutKeys(key)
 
     def active(self, rate: float) -> bool:
         return self.key is not None and rate > 0.0
@@ -176,9 +187,24 @@ class Encoder(nnx.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, drop)
         mask = attention_mask[:, None, None, :] > 0  # [batch, 1, 1, seq]: which keys to attend
+        if len(self.layers) >= SCAN_MIN_LAYERS:
+            return _scan_layers(list(self.layers), x, mask, drop)
         for layer in self.layers:
             x = layer(x, mask, drop)
         return x  # [batch, seq, hidden]
+
+
+def _scan_layers(layers: list[Layer], x: jax.Array, mask: jax.Array, drop: DropoutKeys):
+    """The layers as one `jax.lax.scan` over their stacked params: one layer to compile.
+    Each layer draws its dropout masks from its own key (the layer index folded in)."""
+    graphdef = nnx.split(layers[0])[0]
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *[nnx.split(layer)[1] for layer in layers])
+
+    def body(x, xs):
+        index, params = xs
+        return nnx.merge(graphdef, params)(x, mask, drop.for_layer(index)), None
+
+    return jax.lax.scan(body, x, (jnp.arange(len(layers)), stacked))[0]
 
 
 class Model(nnx.Module):
