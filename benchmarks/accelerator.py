@@ -126,6 +126,7 @@ class Bench:
         self.peak = args.peak_tflops or peak_tflops(dev.device_kind)
         self.platform = dev.platform
         self.seconds = args.seconds
+        self.assume_mfu = args.assume_mfu
         self.deadline = time.time() + args.budget_s
         self.rows: list[dict[str, Any]] = []
 
@@ -170,6 +171,33 @@ def _timed(call, seconds: float, min_steps: int = 3) -> tuple[int, float]:
             jax.block_until_ready(out)
     jax.block_until_ready(out)
     return n, time.perf_counter() - t0
+
+
+def _measure(bench: Bench, compiled, call, examples: int, compile_s: float) -> dict[str, Any]:
+    """Time `call` (one step of `compiled`, processing `examples`); with --assume-mfu, only
+    derive the step time from the program's FLOPs at that MFU of the peak (nothing runs)."""
+    flops = _flops(compiled)
+    if bench.assume_mfu:
+        if not flops or not bench.peak:
+            raise ValueError("--assume-mfu needs the program's FLOPs and a peak (--peak-tflops)")
+        step_s = flops / (bench.assume_mfu * bench.peak * 1e12)
+        return {
+            "examples_per_s": round(examples / step_s, 2),
+            "step_s": step_s,
+            "flops_per_step": flops,
+            "mfu": bench.assume_mfu,
+            "assumed": True,
+            "compile_s": round(compile_s, 2),
+        }
+    n, secs = _timed(call, bench.seconds)
+    return {
+        "examples_per_s": round(examples * n / secs, 2),
+        "step_s": round(secs / n, 6),
+        "flops_per_step": flops,
+        "mfu": bench.mfu(flops, secs / n),
+        "compile_s": round(compile_s, 2),
+        "steps": n,
+    }
 
 
 def _encoder_cfg(arch: tuple[int, int, int, int], vocab: int):
@@ -247,17 +275,7 @@ def student_step(bench: Bench, arch, seq: int, dtype: str, sz: Sizes) -> dict[st
         holder[0], metrics = compiled(holder[0], None, batch, key, hp)
         return metrics["loss"]
 
-    n, secs = _timed(call, bench.seconds)
-    flops = _flops(compiled)
-    return {
-        "task": task,
-        "examples_per_s": round(sz.batch * n / secs, 2),
-        "step_s": round(secs / n, 6),
-        "flops_per_step": flops,
-        "mfu": bench.mfu(flops, secs / n),
-        "compile_s": round(compile_s, 2),
-        "steps": n,
-    }
+    return {"task": task, **_measure(bench, compiled, call, sz.batch, compile_s)}
 
 
 def grouped(bench: Bench, k: int, dtype: str, sz: Sizes) -> dict[str, Any]:
@@ -301,18 +319,9 @@ def grouped(bench: Bench, k: int, dtype: str, sz: Sizes) -> dict[str, Any]:
         holder[0], holder[1], metrics = compiled(holder[0], holder[1], batch, key, hp)
         return metrics["loss"]
 
-    n, secs = _timed(call, bench.seconds)
-    flops = _flops(compiled)
-    total = sz.batch * k * n / secs
-    return {
-        "examples_per_s_total": round(total, 2),
-        "examples_per_s_per_member": round(total / k, 2),
-        "step_s": round(secs / n, 6),
-        "flops_per_step": flops,
-        "mfu": bench.mfu(flops, secs / n),
-        "compile_s": round(compile_s, 2),
-        "steps": n,
-    }
+    row = _measure(bench, compiled, call, sz.batch * k, compile_s)
+    total = row.pop("examples_per_s")
+    return {"examples_per_s_total": total, "examples_per_s_per_member": round(total / k, 2), **row}
 
 
 def teacher_pass(bench: Bench, seq: int, dtype: str, sz: Sizes) -> dict[str, Any]:
@@ -325,16 +334,7 @@ def teacher_pass(bench: Bench, seq: int, dtype: str, sz: Sizes) -> dict[str, Any
     t0 = time.perf_counter()
     compiled = predict.lower(params, batch).compile()
     compile_s = time.perf_counter() - t0
-    n, secs = _timed(lambda: compiled(params, batch), bench.seconds)
-    flops = _flops(compiled)
-    return {
-        "examples_per_s": round(sz.teacher_batch * n / secs, 2),
-        "step_s": round(secs / n, 6),
-        "flops_per_step": flops,
-        "mfu": bench.mfu(flops, secs / n),
-        "compile_s": round(compile_s, 2),
-        "steps": n,
-    }
+    return _measure(bench, compiled, lambda: compiled(params, batch), sz.teacher_batch, compile_s)
 
 
 def torch_step(bench: Bench, arch, seq: int, dtype: str, sz: Sizes, device: str):
@@ -420,6 +420,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--parts", default="abcd", help="which parts to run (default abcd)")
     p.add_argument("--peak-tflops", type=float, help="the chip's peak dense bf16 TFLOP/s")
     p.add_argument("--seconds", type=float, help="timed seconds per case (default 2, tiny 0)")
+    p.add_argument(
+        "--assume-mfu",
+        type=float,
+        help="no timing: step times from the compiled FLOPs at this MFU of --peak-tflops "
+        "(a projection for a chip not at hand; rows are marked assumed)",
+    )
     p.add_argument("--budget-s", type=float, default=450.0, help="skip cases after this")
     p.add_argument("--out", type=Path, help="default: benchmarks/results/<device>.json")
     args = p.parse_args(argv)
@@ -427,6 +433,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.seconds = 0.0 if args.tiny else 2.0
     if args.peak_tflops is not None and args.peak_tflops <= 0:
         p.error(f"--peak-tflops: must be > 0, got {args.peak_tflops}")
+    if args.assume_mfu is not None and not (0 < args.assume_mfu <= 1 and args.peak_tflops):
+        p.error("--assume-mfu: must be in (0, 1] and needs --peak-tflops")
     bad = set(args.parts) - set("abcd")
     if bad or not args.parts:
         p.error(f"--parts: letters from 'abcd', got {args.parts!r}")
@@ -467,14 +475,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 )
         if not args.tiny:  # part a's code at the teacher's size (--tiny runs it in part a)
             seq = next(iter(sz.seqs))
-            bench.case(
-                "teacher_step",
-                lambda: student_step(bench, sz.teacher, seq, "bfloat16", sz),
-                model="L24/H1024",
-                batch=sz.batch,
-                seq=seq,
-                dtype="bfloat16",
-            )
+            for dtype in ("bfloat16", "float32"):
+                bench.case(
+                    "teacher_step",
+                    lambda d=dtype: student_step(bench, sz.teacher, seq, d, sz),
+                    model="L24/H1024",
+                    batch=sz.batch,
+                    seq=seq,
+                    dtype=dtype,
+                )
     if "b" in args.parts:
         for k in sz.group_sizes:
             bench.case(

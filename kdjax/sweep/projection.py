@@ -127,8 +127,13 @@ def project(
             missing.add(f"dataset {name}: train size unknown")
             continue
         seq = cfg.data.max_length
-        step = hw._pick("teacher_step", None, seq, None)
-        fwd = hw._pick("teacher_pass", None, seq, "bfloat16")
+        dtype = cfg.train.compute_dtype  # the teacher's own rows, else another dtype's
+        step = hw._pick("teacher_step", None, seq, dtype) or hw._pick(
+            "teacher_step", None, seq, None
+        )
+        fwd = hw._pick("teacher_pass", None, seq, dtype) or hw._pick(
+            "teacher_pass", None, seq, None
+        )
         if step is None or fwd is None:
             missing.add("teacher_step / teacher_pass not measured")
             continue

@@ -104,10 +104,10 @@ class RunDir:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_pure_state(state)), host=ocp.args.JsonSave(host)
         )
-        # Written in the background while the next epoch trains (Orbax copies the arrays to
-        # the host before `save` returns, so the donated state can be reused); the next save
-        # and `close` wait for it.
+        # Waited for: a run killed right after this returns must resume after `epoch` (the
+        # hs/ll params above were written in the background, overlapping this write).
         self.managers["last"].save(epoch, args=args)
+        self.managers["last"].wait_until_finished()
 
     def resume(self, state):
         """(state, host) from the last finished epoch, or None when there is none."""
