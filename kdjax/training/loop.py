@@ -139,7 +139,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     kd = cfg.kd if cfg.teacher else None
 
     # 1. Inputs. Everything that can be wrong with them is checked before any training.
-    from transformers import AutoTokenizer
+    from kdjax.models.tokenizer import load_tokenizer
 
     mesh = make_mesh(cfg.mesh)
     rep = param_sharding(mesh)  # replicated unless mesh.fsdp > 1
@@ -162,7 +162,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             rows - tc.batch_size,
         )
     t_model_dir = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)[0] if cfg.teacher else None
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source(cfg.model)))
+    tokenizer = load_tokenizer(tokenizer_source(cfg.model))
     task = get_task(cfg.task)
     ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed)
     if t_model_dir is not None:
