@@ -225,3 +225,21 @@ def test_one_weight_file_is_downloaded(monkeypatch, tmp_path):
     assert download_checkpoint("google-bert/bert-large-uncased") == tmp_path
     assert sorted(fetched) == ["config.json", "model.safetensors", "tokenizer.json",
                                "tokenizer_config.json", "vocab.txt"]  # fmt: skip
+
+
+def test_a_hub_id_is_accepted_as_teacher(monkeypatch, tmp_path):
+    from kdjax.models.hf import teacher_head_problem
+    from kdjax.training import teacher
+
+    monkeypatch.setattr(teacher, "resolve_checkpoint", lambda name: tmp_path / "snap")
+    assert teacher.teacher_paths("textattack/bert-base-uncased-SST-2", "hs") == (
+        tmp_path / "snap",
+        None,
+    )
+    with pytest.raises(FileNotFoundError, match="fine-tune the teacher first"):
+        teacher.teacher_paths(str(tmp_path / "missing" / "run"), "hs")
+    fine_tuned = {"architectures": ["BertForSequenceClassification"], "id2label": {"0": "a"}}
+    assert teacher_head_problem(fine_tuned, "classification") is None
+    msg = teacher_head_problem({"architectures": ["BertForMaskedLM"]}, "classification")
+    assert "without a classification head" in msg and "kdjax teacher" in msg
+    assert "has no token_classification head" in teacher_head_problem(HF, "token_classification")

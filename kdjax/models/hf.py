@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from kdjax.models.config import EncoderConfig, check_task
+from kdjax.models.config import HF_ARCHITECTURES, EncoderConfig, check_task
 from kdjax.models.encoder import Model, create
 from kdjax.models.weights import read_weights
 
@@ -210,3 +210,22 @@ def save_pretrained(model: Model, path: str | Path, tokenizer: Any = None) -> Pa
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     return path
+
+
+def teacher_head_problem(hf_cfg: dict[str, Any], task: str) -> str | None:
+    """Why a checkpoint's config.json says it cannot teach `task` (None when it can, or when the
+    config does not say): a teacher needs a fine-tuned head for the task, not a pre-training one."""
+    archs = hf_cfg.get("architectures") or []
+    suffix = HF_ARCHITECTURES[check_task(task)]
+    if archs and not any(a.endswith(suffix) for a in archs):
+        return (
+            f"is a {'/'.join(archs)} checkpoint without a {task} head; a teacher must be "
+            f"fine-tuned for the task first (`kdjax teacher`), or be a hub checkpoint ending in "
+            f"{suffix} whose id2label matches data.labels"
+        )
+    if task != "extractive_qa" and not hf_cfg.get("id2label") and not archs:
+        return (
+            f"has no {task} head (no architectures or id2label in its config.json); fine-tune "
+            "it first (`kdjax teacher`)"
+        )
+    return None

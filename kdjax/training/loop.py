@@ -31,6 +31,7 @@ from kdjax.data.sources import resolve_checkpoint
 from kdjax.distributed import is_main
 from kdjax.models import from_pretrained, from_teacher_layers, random_student, save_pretrained
 from kdjax.models.config import EncoderConfig
+from kdjax.models.hf import teacher_head_problem
 from kdjax.tasks import get_task
 from kdjax.training.batching import epoch_batches, take
 from kdjax.training.diagnostics import diagnostics
@@ -116,6 +117,9 @@ def build_student(init: ModelInit, task: str, labels, seed: int, sharding):
 def _check_teacher(model_dir: Path, cfg: RunConfig, ds: Dataset, tokenizer) -> None:
     """Fail before compute when the teacher cannot teach this student on this data."""
     hf = json.loads((model_dir / "config.json").read_text())
+    problem = teacher_head_problem(hf, cfg.task)
+    if problem:
+        raise ValueError(f"teacher: {model_dir} {problem}")
     names = [hf.get("id2label", {}).get(str(i)) for i in range(len(hf.get("id2label", {})))]
     if cfg.task != "extractive_qa" and names != list(ds.labels):
         raise ValueError(
