@@ -12,6 +12,8 @@ _EXPORTS = {
     "analyse": "effects",
     "compare": "effects",
     "find_gaps": "gaps",
+    "effects_frame": "results",
+    "recommendation": "results",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -210,7 +210,7 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
     after its last finished epoch (it starts over if its members stopped at different ones)."""
     cfgs = list(cfgs)
     _check_group(cfgs)
-    from transformers import AutoTokenizer
+    from kdjax.models.tokenizer import load_tokenizer
 
     start, size, cfg0, tc = time.time(), len(cfgs), cfgs[0], cfgs[0].train
 
@@ -219,7 +219,7 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
     rep = param_sharding(mesh)
     ckpts = sorted({c.teacher_checkpoint for c in cfgs})
     t_model_dir = [teacher_paths(cfg0.teacher, c)[0] for c in ckpts][0]
-    tokenizer = AutoTokenizer.from_pretrained(str(loop.tokenizer_source(cfg0.model)))
+    tokenizer = load_tokenizer(loop.tokenizer_source(cfg0.model))
     task = get_task(cfg0.task)
     ds = build_dataset(cfg0.data, tokenizer, cfg0.task, seed=cfg0.data.split.seed,
                        cache_dir=cache_root(cfg0.cache_dir, cfg0.output_dir))  # fmt: skip

@@ -16,7 +16,6 @@ cache directory is not shared, keeps the computed logits).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import jax
@@ -38,11 +37,21 @@ SPLITS = ("train", "validation", "test")
 
 def teacher_paths(teacher: str, checkpoint: str) -> tuple[Path, Path | None]:
     """(HF model directory, teacher run directory or None) for a run dir or a checkpoint."""
+    from kdjax.models.hub import looks_like_hub_id
+
     path = Path(teacher)
-    if not path.exists() and (os.sep in teacher or teacher.startswith(".")):
+    if not path.exists() and not looks_like_hub_id(teacher):
         raise FileNotFoundError(
             f"teacher: {path} does not exist; fine-tune the teacher first (`kdjax finetune`)"
         )
+    if not path.exists():  # a hub id: a fine-tuned checkpoint whose head matches the labels
+        try:
+            return resolve_checkpoint(teacher), None
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"teacher: {teacher} does not exist locally; fine-tune the teacher first "
+                f"(`kdjax finetune`), or name a fine-tuned hub checkpoint ({e})"
+            ) from None
     if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
         if not (path / "model" / "config.json").is_file():
             raise FileNotFoundError(
