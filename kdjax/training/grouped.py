@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from kdjax.config import RunConfig
+from kdjax.data.cache import cache_root
 from kdjax.data.dataset import build_dataset
 from kdjax.data.sources import resolve_checkpoint
 from kdjax.distributed import is_main
@@ -220,7 +221,8 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
     t_model_dir = [teacher_paths(cfg0.teacher, c)[0] for c in ckpts][0]
     tokenizer = load_tokenizer(loop.tokenizer_source(cfg0.model))
     task = get_task(cfg0.task)
-    ds = build_dataset(cfg0.data, tokenizer, cfg0.task, seed=cfg0.data.split.seed)
+    ds = build_dataset(cfg0.data, tokenizer, cfg0.task, seed=cfg0.data.split.seed,
+                       cache_dir=cache_root(cfg0.cache_dir, cfg0.output_dir))  # fmt: skip
     loop._check_teacher(t_model_dir, cfg0, ds, tokenizer)
     runs = [RunDir(c.output_dir, c.model_dump(mode="json")) for c in cfgs]
 

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 import kdjax
 from kdjax.config import ModelInit, RunConfig
+from kdjax.data.cache import cache_root
 from kdjax.data.dataset import Dataset, build_dataset
 from kdjax.data.sources import resolve_checkpoint
 from kdjax.distributed import is_main
@@ -168,7 +169,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     t_model_dir = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)[0] if cfg.teacher else None
     tokenizer = load_tokenizer(tokenizer_source(cfg.model))
     task = get_task(cfg.task)
-    ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed)
+    ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed,
+                       cache_dir=cache_root(cfg.cache_dir, cfg.output_dir))  # fmt: skip
     if t_model_dir is not None:
         _check_teacher(t_model_dir, cfg, ds, tokenizer)
     run = RunDir(cfg.output_dir, cfg.model_dump(mode="json"))
