@@ -7,7 +7,7 @@ import pytest
 from analysis_helpers import Simulator, additive
 
 from kdjax.analysis import effects_frame, recommendation
-from kdjax.analysis.option_effects import COLUMNS
+from kdjax.analysis.effects import COLUMNS
 from kdjax.sweep.ledger import NAMES, Ledger
 
 AXES = {

