@@ -64,7 +64,10 @@ def outcomes_of(result: dict[str, Any]) -> Outcomes | None:
     if not n or (v is not None and c is not None and len(v) != len(c)):
         return None
     ids = raw.get("ids")
-    ids = tuple(str(i) for i in ids) if isinstance(ids, list) and len(ids) == n else None
+    if isinstance(ids, list) and len(ids) == n:
+        ids = tuple(ids) if isinstance(ids[0], str) else tuple(map(str, ids))
+    else:
+        ids = None
     return Outcomes(ids or tuple(map(str, range(n))), v, c)
 
 
@@ -175,15 +178,17 @@ def read_rows(ledger: str | Path) -> list[dict[str, Any]]:
         db.close()
 
 
-def _json(text: str | None) -> Any:
+def _json(text: str | dict | None) -> Any:
+    """A JSON column's value (rows built in memory may hold the dict itself)."""
+    if isinstance(text, dict):
+        return text
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError:
         return None
 
 
-def _diagnostics(row: dict[str, Any]) -> dict[str, float]:
-    result = _json(row.get("result_json")) or {}
+def _diagnostics(row: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
     diag = result.get("diagnostics") or (_json(row.get("diagnostics_json")) or {}).get(
         "diagnostics"
     )
@@ -263,9 +268,10 @@ def study_from_rows(
     seeds: set[int] = set()
     baselines: dict[Pair, dict[float | None, Cell]] = {}
     kd_lr: dict[Pair, float | None] = {}
-    for r in rows:  # the KD runs' learning rate per pair: the untuned baseline's
+    lrs = [_lr(r) if r["kind"] != "teacher" else None for r in rows]
+    for r, lr in zip(rows, lrs, strict=True):  # the KD runs' learning rate: the untuned baseline's
         if r["kind"] == "distill":
-            kd_lr.setdefault((r["dataset"], r["student"]), _lr(r))
+            kd_lr.setdefault((r["dataset"], r["student"]), lr)
     for k, r in enumerate(rows):
         if r.get("metric_name"):
             metric.setdefault(r["dataset"], r["metric_name"])
@@ -277,7 +283,7 @@ def study_from_rows(
             pairs.append(pair)
             cells[pair] = {}
         c = BASELINE if r["kind"] == "baseline" else config_of(r, extra_axes)
-        if c.is_baseline and pair in kd_lr and _lr(r) != kd_lr[pair]:
+        if c.is_baseline and pair in kd_lr and lrs[k] != kd_lr[pair]:
             c = None  # a tuned baseline (another learning rate): kept apart
         if c is not None:
             configs.setdefault(c)
@@ -288,10 +294,11 @@ def study_from_rows(
                     options[a].append(v)
         if r["status"] != "done" or r.get("val_metric") is None or r.get("test_metric") is None:
             continue
+        result = _json(r.get("result_json")) or {}
         if r["kind"] == "baseline":
-            _add(baselines.setdefault(pair, {}).setdefault(_lr(r), Cell()), r, k)
+            _add(baselines.setdefault(pair, {}).setdefault(lrs[k], Cell()), r, k, result)
         if c is not None:
-            seeds.add(_add(cells[pair].setdefault(c, Cell()), r, k))
+            seeds.add(_add(cells[pair].setdefault(c, Cell()), r, k, result))
     options = {a: v for a, v in options.items() if v}
     stages = {str(r.get("stage") or "") for r in rows}
     strategy = (manifest.get("search") or {}).get("strategy") or (
@@ -309,16 +316,16 @@ def _lr(row: dict[str, Any]) -> float | None:
     return float(lr) if isinstance(lr, int | float) else None
 
 
-def _add(cell: Cell, r: dict[str, Any], order: int) -> int:
+def _add(cell: Cell, r: dict[str, Any], order: int, result: dict[str, Any]) -> int:
     """Add a finished run's seed to `cell`; returns the seed."""
     seed = int(r["seed"] or 0)
     if seed in cell.test:  # the same run twice (e.g. tau_s as a number and as 'same')
         return seed
     cell.val[seed], cell.test[seed] = float(r["val_metric"]), float(r["test_metric"])
-    cell.diag[seed] = _diagnostics(r)
+    cell.diag[seed] = _diagnostics(r, result)
     cell.stages.add(r.get("stage") or "grid")
     cell.order = max(cell.order, order)
-    out = outcomes_of(_json(r.get("result_json")) or {})
+    out = outcomes_of(result)
     if out is not None:
         cell.outcomes[seed] = out
     return seed
