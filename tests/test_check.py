@@ -310,3 +310,10 @@ def test_check_online_reads_only_metadata(tmp_path, monkeypatch):
     assert res.detail == (
         "CogComp/trec@refs/convert/parquet: splits, columns and labels check out, download ~3 MB"
     )
+
+
+def test_check_a_manifest_that_does_not_load(tmp_path, capsys):
+    path = _manifest(tmp_path, [{"name": "imdb"}])
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL       manifest ") and "unknown dataset preset 'imdb'" in out
