@@ -315,13 +315,15 @@ def run_study(
     run_fn: RunFn | None = None,
     progress: bool = True,
     group_size: int | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the study in `manifest_path`; returns the workdir and run counts.
 
     `executor`: an Executor, or "local"/"ray" to override the manifest's kind; `run_fn`
     replaces the trainer (a module-level function taking a config JSON string; default: the
     manifest's plug-in `trainer`, else kdjax's);
-    `group_size` overrides the manifest's `executor.group_size`."""
+    `group_size` overrides the manifest's `executor.group_size`; `report`: write the
+    report when the sweep ends."""
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be at least 1, got {group_size}")
     m = load_manifest(manifest_path)
@@ -360,7 +362,8 @@ def run_study(
         rows = list(ledger.fetch(ids, *_ROW_COLUMNS).values())
     print(pair_table(rows))
     print(f"done {sweep.done}, failed {sweep.failed} of {len(set(ids))} runs; ledger in {workdir}")
-    _report(workdir)
+    if report:
+        _report(workdir)
     return {"workdir": workdir, "runs": list(dict.fromkeys(ids)), "done": sweep.done,
             "failed": sweep.failed}  # fmt: skip
 

@@ -1,0 +1,226 @@
+"""Hub dataset sources with datasets>=4 and `kdjax check`, offline, on local stand-ins laid out
+like the real repos: a parquet-conversion branch ({config}/{split}/0000.parquet, ClassLabel names
+in the parquet schema's metadata) loads; a repo holding a loading script gives the clear error."""
+
+import json
+
+import datasets
+import pytest
+import yaml
+
+from kdjax.check import exit_code
+from kdjax.cli import main
+from kdjax.data.convert import convert_conll, convert_int_tags, convert_trec
+from kdjax.data.sources import load_hub
+
+TREC = ["ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM"]
+CONLL = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "ds_cache")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+
+
+def _parquet_repo(root, config, splits, features, make_row):
+    """The hub's refs/convert/parquet layout: {config}/{split}/0000.parquet."""
+    for split, n in splits.items():
+        rows = [make_row(i) for i in range(n)]
+        ds = datasets.Dataset.from_list(rows, features=datasets.Features(features))
+        (root / config / split).mkdir(parents=True)
+        ds.to_parquet(str(root / config / split / "0000.parquet"))
+    return root
+
+
+def _trec_repo(root, names=TREC):
+    feats = {"text": datasets.Value("string"), "coarse_label": datasets.ClassLabel(names=names)}
+    return _parquet_repo(
+        root,
+        "default",
+        {"train": 24, "test": 6},
+        feats,
+        lambda i: {"text": f"what is thing {i} ?", "coarse_label": i % 6},
+    )
+
+
+def _script_repo(root):
+    """A repo whose main branch holds its loading script (CogComp/trec: trec.py)."""
+    root.mkdir(parents=True)
+    (root / f"{root.name}.py").write_text("import datasets  # a loading script\n")
+    (root / "README.md").write_text("---\npretty_name: TREC\n---\n")
+    return root
+
+
+def test_parquet_conversion_loads_and_script_repo_is_explained(tmp_path):
+    repo = _trec_repo(tmp_path / "parquet" / "trec")
+    cols = {"text": "text", "label": "coarse_label"}
+    got = load_hub(str(repo), None, "train", cols, revision="refs/convert/parquet")
+    assert got["label"][:7] == TREC + ["ABBR"] and len(got["text"]) == 24
+    files = {"train": "default/train/*.parquet", "test": "default/test/*.parquet"}
+    assert len(load_hub(str(repo), None, "test", cols, data_files=files)["text"]) == 6
+    script = _script_repo(tmp_path / "script" / "trec")
+    with pytest.raises(ValueError, match=r"loading script.*revision: refs/convert/parquet"):
+        load_hub(str(script), None, "train", cols)
+
+
+def test_unlabelled_rows_are_refused(tmp_path):
+    feats = {
+        "sentence": datasets.Value("string"),
+        "label": datasets.ClassLabel(names=["negative", "positive"]),
+    }
+    repo = _parquet_repo(
+        tmp_path / "glue",
+        "sst2",
+        {"test": 4},
+        feats,
+        lambda i: {"sentence": f"s{i}", "label": -1 if i else 0},
+    )
+    with pytest.raises(ValueError, match=r"3 label\(s\) of column 'label' are -1, i.e. unlabelled"):
+        load_hub(str(repo), None, "test", {"text": "sentence", "label": "label"})
+    tags = {
+        "tokens": datasets.Sequence(datasets.Value("string")),
+        "tags": datasets.Sequence(datasets.Value("int32")),
+    }
+    repo = _parquet_repo(
+        tmp_path / "onto",
+        "default",
+        {"train": 2},
+        tags,
+        lambda i: {"tokens": ["a", "b"], "tags": [0, 7 if i else -1]},
+    )
+    cols = {"tokens": "tokens", "tags": "tags"}
+    with pytest.raises(ValueError, match="are -1"):
+        load_hub(str(repo), None, "train", cols, labels=tuple("ABCDEFGH"))
+    repo = _parquet_repo(
+        tmp_path / "onto2",
+        "default",
+        {"train": 2},
+        tags,
+        lambda i: {"tokens": ["a", "b"], "tags": [0, 7]},
+    )
+    with pytest.raises(ValueError, match="class id 7, but data.labels names only 3"):
+        load_hub(str(repo), None, "train", cols, labels=("A", "B", "C"))
+
+
+def test_mrqa_subset_filter_runs_on_batches(tmp_path, monkeypatch):
+    feats = {"subset": datasets.Value("string"), "qid": datasets.Value("string")}
+    subsets = ["SQuAD", "NaturalQuestionsShort", "TriviaQA-web"]
+    repo = _parquet_repo(
+        tmp_path / "mrqa",
+        "plain_text",
+        {"train": 30_000},
+        feats,
+        lambda i: {"subset": subsets[i % 3], "qid": str(i)},
+    )
+    calls = []
+    real_filter = datasets.Dataset.filter
+
+    def spy(self, function, *a, **kw):
+        calls.append(kw)
+        return real_filter(self, function, *a, **kw)
+
+    monkeypatch.setattr(datasets.Dataset, "filter", spy)
+    got = load_hub(str(repo), None, "train", {"id": "qid"}, where_equal={"subset": "TriviaQA-web"})
+    assert got["id"] == [str(i) for i in range(2, 30_000, 3)]
+    assert calls == [{"input_columns": ["subset"], "batched": True, "batch_size": 10_000}]
+
+
+def _manifest(tmp_path, datasets_):
+    m = {
+        "name": "preflight",
+        "datasets": datasets_,
+        "teacher": {"model": {"init": "pretrained", "path": "all-minilm-l6-v2"}},
+        "students": ["minilm-l1"],
+    }
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(m))
+    return path
+
+
+def test_check_offline_on_stand_ins(tmp_path, capsys):
+    good = _trec_repo(tmp_path / "ok" / "trec")
+    script = _script_repo(tmp_path / "script" / "trec")
+    swapped = _trec_repo(tmp_path / "swapped" / "trec", names=TREC[::-1])
+    path = _manifest(
+        tmp_path,
+        [
+            {"name": "trec_ok", "preset": "trec", "overrides": {"hub": {"name": str(good)}}},
+            {
+                "name": "trec_script",
+                "preset": "trec",
+                "overrides": {"hub": {"name": str(script), "revision": None}},
+            },
+            {
+                "name": "trec_swapped",
+                "preset": "trec",
+                "overrides": {"hub": {"name": str(swapped)}},
+            },
+            {"name": "sst2", "preset": "sst2"},
+        ],
+    )
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    lines = {ln.split(":")[0]: ln for ln in out.splitlines()}
+    assert lines["OK         dataset trec_ok"].endswith("splits, columns and labels check out")
+    assert "loading script" in lines["FAIL       dataset trec_script"]
+    assert (
+        "has the classes ['NUM', 'LOC', 'HUM', 'DESC', 'ENTY', 'ABBR'] (in id order) but "
+        "data.labels is ['ABBR'" in lines["FAIL       dataset trec_swapped"]
+    )
+    assert (
+        "HF_HUB_OFFLINE is set, and not in the local hub cache" in lines["UNVERIFIED dataset sst2"]
+    )
+    assert lines["OK         teacher teacher"] and lines["OK         student minilm-l1"]
+    assert "Traceback" not in out
+
+
+def test_check_paper_offline_answers_every_item(capsys):
+    code = main(["check", "experiments/paper.yaml"])
+    out = capsys.readouterr().out.splitlines()
+    items = [ln for ln in out if not ln.startswith("check ")]
+    assert len(items) == 13 + 1 + 3 + 1  # datasets, teacher, students, shared tokenizers
+    assert all(ln.split()[0] in ("OK", "UNVERIFIED") for ln in items)
+    assert code == 3 and out[-1].endswith("not fully verified")
+    assert exit_code([]) == 0
+
+
+def test_check_demo_passes(capsys):
+    assert main(["check", "experiments/demo.yaml"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("6 OK -> ready")
+
+
+def test_converters(tmp_path):
+    raw = tmp_path / "TREC_10.label"
+    raw.write_bytes(
+        "NUM:dist How far is it from Denver to Aspen ?\nLOC:city What county is "
+        "Modesto , California in ?\nHUM:desc Who was Galileo ?\n".encode("latin-1")
+    )
+    assert convert_trec(raw, tmp_path / "test.jsonl") == 3
+    rows = [json.loads(ln) for ln in (tmp_path / "test.jsonl").read_text().splitlines()]
+    assert rows[0] == {
+        "text": "How far is it from Denver to Aspen ?",
+        "coarse_label": "NUM",
+        "fine_label": "NUM:dist",
+    }
+    (tmp_path / "bad.label").write_text("nonsense line\n")
+    with pytest.raises(ValueError, match=r"bad.label:1: expected 'COARSE:fine"):
+        convert_trec(tmp_path / "bad.label", tmp_path / "x.jsonl")
+    wnut = tmp_path / "emerging.test.annotated"
+    wnut.write_text("Empire\tB-location\nState\tI-location\n\nhi\tO\n")
+    assert convert_conll(wnut, tmp_path / "test.conll") == 2
+    assert (tmp_path / "test.conll").read_text().startswith("Empire\tB-location\n")
+    onto = tmp_path / "train.json"
+    onto.write_text(json.dumps({"tokens": ["$", "5"], "tags": [16, 17]}) + "\n")
+    from kdjax.presets import dataset_presets
+
+    labels = dataset_presets()["ontonotes5"].data.labels
+    assert convert_int_tags(onto, tmp_path / "o.jsonl", labels) == 1
+    row = json.loads((tmp_path / "o.jsonl").read_text())
+    assert row["ner_tags"] == ["B-MONEY", "I-MONEY"]
+    onto.write_text(json.dumps({"tokens": ["a"], "tags": [99]}) + "\n")
+    with pytest.raises(ValueError, match="tag 99 is not an id of the 37 labels"):
+        convert_int_tags(onto, tmp_path / "o.jsonl", labels)
