@@ -264,3 +264,17 @@ def test_kd_gain_against_a_tuned_baseline():
         # best KD (tau_t 4, alpha 1) = base + 2 points; tuned baseline base + 0.5
         assert g.best.mean == pytest.approx(0.015, abs=0.03)
         assert g.best_test.level == "examples"
+
+
+def test_shared_distances_are_one_run_under_two_names():
+    """`search.equivalent_distances: share`: kl rows never reach the ledger; kl is reported as
+    ce's runs, an identical option."""
+    sim = greedy_study(n_examples=300, seeds=(0,))
+    rows = [r for r in sim.rows if r["distance"] != "kl"]
+    manifest = {**sim.manifest("greedy"), "search": {"strategy": "greedy",
+                                                     "equivalent_distances": "share"}}  # fmt: skip
+    r = analyse(study_from_rows(rows, manifest))
+    kl = r.axes["distance"].option("kl")
+    assert kl.n_pairs == len(PAIRS)
+    assert kl.is_best or kl.verdict == "identical runs (every paired result equal)"
+    assert any("run once and reported under both names" in n for n in r.equivalences)

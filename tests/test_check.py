@@ -224,3 +224,96 @@ def test_converters(tmp_path):
     onto.write_text(json.dumps({"tokens": ["a"], "tags": [99]}) + "\n")
     with pytest.raises(ValueError, match="tag 99 is not an id of the 37 labels"):
         convert_int_tags(onto, tmp_path / "o.jsonl", labels)
+
+
+def test_check_online_reads_only_metadata(tmp_path, monkeypatch):
+    """The networked path with the hub answered locally: a student repo laid out like the BERT
+    miniatures' main branch is checked from its file list, config.json and vocab.txt (no weights
+    downloaded), and a dataset from its first streamed rows and its file sizes."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from kdjax.check.datasets import check_dataset
+    from kdjax.check.models import check_model
+    from kdjax.data import sources
+    from kdjax.sweep.manifest import Dataset
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    cfg = {
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "vocab_size": 40,
+        "max_position_embeddings": 64,
+    }
+    (repo / "config.json").write_text(json.dumps(cfg))
+    (repo / "vocab.txt").write_text(
+        "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(30)])
+    )
+    sizes = {
+        "config.json": 383,
+        "vocab.txt": 231508,
+        "pytorch_model.bin": 44_814_408,
+        "flax_model.msgpack": 44_780_000,
+        "tf_model.h5": 44_900_000,
+        "README.md": 4000,
+    }
+    fetched = []
+
+    def model_info(self, repo_id, files_metadata=False):
+        return SimpleNamespace(
+            siblings=[SimpleNamespace(rfilename=f, size=n) for f, n in sizes.items()]
+        )
+
+    def download(repo_id, filename, **kw):
+        fetched.append(filename)
+        return str(repo / filename)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    model = {"init": "pretrained", "path": "google/bert_uncased_L-4_H-256_A-4"}
+    res, vocab = check_model("student", "bert-l4-h256", model, True, "")
+    assert res.status == "OK" and len(vocab) == 35
+    assert res.detail.endswith(
+        "bert L2/H32, tokenizer BertTokenizer (35 tokens); will download flax_model.msgpack (45 MB)"
+    )
+    assert sorted(fetched) == ["config.json", "vocab.txt"]
+
+    trec = _trec_repo(tmp_path / "hub" / "trec")
+    real_open = sources.open_hub
+    monkeypatch.setattr(sources, "open_hub", lambda name, *a, **kw: real_open(str(trec), *a, **kw))
+    files = {
+        "default/train/0000.parquet": 2_500_000,
+        "default/test/0000.parquet": 100_000,
+        ".gitattributes": 2000,
+    }
+
+    def dataset_info(self, repo_id, revision=None, files_metadata=False):
+        assert revision == "refs/convert/parquet"
+        return SimpleNamespace(
+            siblings=[SimpleNamespace(rfilename=f, size=n) for f, n in files.items()]
+        )
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    data = {
+        "source": "hub",
+        "text_column": "text",
+        "label_column": "coarse_label",
+        "labels": TREC,
+        "hub": {"name": "CogComp/trec", "revision": "refs/convert/parquet", "validation": None},
+    }
+    res = check_dataset(Dataset("trec", "classification", data), True, "")
+    assert res.status == "OK", res.detail
+    assert res.detail == (
+        "CogComp/trec@refs/convert/parquet: splits, columns and labels check out, download ~3 MB"
+    )
+
+
+def test_check_a_manifest_that_does_not_load(tmp_path, capsys):
+    path = _manifest(tmp_path, [{"name": "imdb"}])
+    assert main(["check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("FAIL       manifest ") and "unknown dataset preset 'imdb'" in out

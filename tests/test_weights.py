@@ -288,3 +288,20 @@ def test_a_hub_id_is_accepted_as_teacher(monkeypatch, tmp_path):
     msg = teacher_head_problem({"architectures": ["BertForMaskedLM"]}, "classification")
     assert "without a classification head" in msg and "kdjax teacher" in msg
     assert "has no token_classification head" in teacher_head_problem(HF, "token_classification")
+
+
+def test_old_key_names_map_and_pretraining_heads_are_dropped():
+    from kdjax.models.hf import _normalise_keys
+
+    w = {
+        "bert.embeddings.LayerNorm.gamma": 1,
+        "bert.encoder.layer.0.output.LayerNorm.beta": 2,
+        "bert.pooler.dense.weight": 3,
+        "cls.predictions.bias": 4,
+        "cls.seq_relationship.weight": 5,
+    }
+    assert _normalise_keys(w, "bert") == {
+        "embeddings.LayerNorm.weight": 1,
+        "encoder.layer.0.output.LayerNorm.bias": 2,
+        "pooler.dense.weight": 3,
+    }

@@ -60,10 +60,15 @@ def equivalence_notes(study: Study) -> list[str]:
     for axis, a, b in EQUIVALENT:
         opts = study.axes.get(axis, [])
         if a in opts and b in opts:
+            shared = (study.manifest.get("search") or {}).get("equivalent_distances")
+            how = (
+                "they were run once and reported under both names"
+                if shared == "share"
+                else "listing one of them (or `search.equivalent_distances: share`) saves the runs"
+            )
             notes.append(
                 f"{axis}: {a} and {b} train identically (equal gradients; the losses differ by "
-                "the teacher's entropy, a constant), so their effect is 0 by construction. "
-                "Listing one of them (or `search.equivalent_distances: share`) saves the runs."
+                f"the teacher's entropy, a constant), so their effect is 0 by construction; {how}."
             )
     same = same_teacher_checkpoints(study)
     if same and len(study.axes.get("teacher_checkpoint", [])) > 1:

@@ -135,6 +135,7 @@ class Study:
     baselines: dict[Pair, dict[float | None, Cell]] = field(default_factory=dict)  # by lr
     strategy: str = "grid"  # grid | greedy (from the manifest, else the stage labels)
     default: dict[str, Any] = field(default_factory=dict)  # axis -> first option
+    manifest: dict[str, Any] = field(default_factory=dict)  # manifest.resolved.yaml, if any
 
     @property
     def swept(self) -> list[str]:
@@ -300,6 +301,8 @@ def study_from_rows(
         if c is not None:
             seeds.add(_add(cells[pair].setdefault(c, Cell()), r, k, result))
     options = {a: v for a, v in options.items() if v}
+    for alias, runs_as in _shared(manifest, options).items():
+        _alias_distance(cells, configs, runs_as, alias)
     stages = {str(r.get("stage") or "") for r in rows}
     strategy = (manifest.get("search") or {}).get("strategy") or (
         "greedy" if any(s[:1].isdigit() for s in stages) else "grid"
@@ -307,8 +310,32 @@ def study_from_rows(
     default = {a: v[0] for a, v in options.items()}
     return Study(
         rows, pairs, cells, teachers, options, metric, sorted(seeds), list(configs),
-        baselines, strategy, default,
+        baselines, strategy, default, manifest,
     )  # fmt: skip
+
+
+def _shared(manifest: dict[str, Any], options: dict[str, list[Any]]) -> dict[str, str]:
+    """`search.equivalent_distances: share`: the second of ce and kl listed is run as the
+    first (one run under both names); {alias: distance run}."""
+    if (manifest.get("search") or {}).get("equivalent_distances") != "share":
+        return {}
+    listed = [d for d in options.get("distance", []) if d in ("ce", "kl")]
+    return {listed[1]: listed[0]} if len(listed) == 2 else {}
+
+
+def _alias_distance(
+    cells: dict[Pair, dict[Config, Cell]], configs: dict[Config, None], runs_as: str, alias: str
+) -> None:
+    """Every configuration with distance `runs_as` also stands for `alias`: the same cell."""
+    for by_config in cells.values():
+        for c, cell in list(by_config.items()):
+            if c.is_baseline or c["distance"] != runs_as:
+                continue
+            swap = {**dict(c.items), "distance": alias}
+            given = {**dict(c.given or c.items), "distance": alias}
+            twin = Config(tuple(swap.items()), tuple(given.items()))
+            by_config.setdefault(twin, cell)
+            configs.setdefault(twin)
 
 
 def _lr(row: dict[str, Any]) -> float | None:
