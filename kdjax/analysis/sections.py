@@ -102,10 +102,10 @@ def _effects(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
     doc.h(1, "Effect of each parameter")
     doc.p(
         "An option's effect is its test score minus the axis's best option's, with every other "
-        "knob the same (runs that differ in this axis only: the sensitivity stage around the "
-        "greedy optimum, a greedy stage, or the grid at the pair's validation-best setting of "
-        "the others), paired by seed, averaged over seeds and then over pairs. The best option "
-        "is chosen on validation; 0 for it, negative for worse options. "
+        "knob the same (runs that differ in this axis only: under a grid every setting of the "
+        "other knobs, averaged; under greedy the sensitivity stage around the optimum, else the "
+        "stage that varied the axis), paired by seed, averaged over seeds and then over pairs. "
+        "The best option is chosen on validation; 0 for it, negative for worse options. "
         + (
             f"Intervals and p-values: Student-t over the {len(r.active)} pairs' contrasts (a "
             "claim about pairs like these), p Holm-adjusted over the whole table. "
