@@ -9,9 +9,10 @@ _EXPORTS = {
     "analyse_workdir": "report",
     "load_study": "load",
     "seed_table": "load",
-    "analyse": "effects",
-    "compare": "effects",
+    "analyse": "results",
     "find_gaps": "gaps",
+    "effects_frame": "results",
+    "recommendation": "results",
 }
 __all__ = sorted(_EXPORTS)
 
