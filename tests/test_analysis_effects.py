@@ -276,3 +276,29 @@ def test_shared_distances_are_one_run_under_two_names():
     assert kl.n_pairs == len(PAIRS)
     assert kl.is_best or kl.verdict == "identical runs (every paired result equal)"
     assert any("run once and reported under both names" in n for n in r.equivalences)
+
+
+def test_corpus_f1_from_counts_is_bootstrapped_over_examples():
+    """Entity F1 is computed from summed (tp, n_pred, n_gold) counts: the per-pair interval
+    resamples sentences (Poisson weights) and recomputes the corpus F1 of both runs."""
+    from kdjax.analysis.load import Cell, Outcomes
+    from kdjax.analysis.stats import PairContrast, within_pairs
+
+    rng = np.random.default_rng(0)
+    n = 400
+    gold = rng.integers(1, 4, n).astype(float)
+
+    def run(recall):
+        tp = rng.binomial(gold.astype(int), recall).astype(float)
+        counts = np.stack([tp, tp + rng.integers(0, 2, n), gold], axis=1)
+        out = Outcomes(tuple(map(str, range(n))), None, counts)
+        cell = Cell()
+        cell.test[0], cell.val[0], cell.outcomes[0] = float(out.metric()), 0.0, out
+        return cell
+
+    a, b = run(0.9), run(0.8)
+    f1 = [2 * c.outcomes[0].counts[:, 0].sum() / c.outcomes[0].counts[:, 1:].sum() for c in (a, b)]
+    assert a.test[0] == pytest.approx(f1[0]) and b.test[0] == pytest.approx(f1[1])
+    t = within_pairs([PairContrast("ner", a, b)], n_boot=400, seed=1)
+    assert t.level == "examples" and t.estimate == pytest.approx(f1[0] - f1[1])
+    assert 0.003 < t.se < 0.03 and t.lo < t.estimate < t.hi and t.p < 0.05

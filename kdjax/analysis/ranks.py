@@ -74,7 +74,8 @@ def axis_rankings(results: Any) -> list[Ranking]:
     among = universal(results.study, results.active)
     for pair in results.active:
         cells = results.study.candidates(pair)
-        configs[f"{pair[0]}/{pair[1]}"] = {c.label(): cells[c].test_mean * 100 for c in among}
+        swept = results.study.swept or None
+        configs[f"{pair[0]}/{pair[1]}"] = {c.label(swept): cells[c].test_mean * 100 for c in among}
     r = ranking("configurations run on every pair", configs) if len(among) >= 2 else None
     if r is not None:
         out.append(r)
