@@ -27,6 +27,7 @@ from kdjax.sweep.executors import Executor, Group, RunFn, Task, make_executor
 from kdjax.sweep.ledger import Ledger
 from kdjax.sweep.manifest import AXES, Manifest, load_manifest
 from kdjax.sweep.plan import Pair, Planner, Point, Run, Stage, choose, unique
+from kdjax.sweep.storage import LedgerPlace, check_workdir
 from kdjax.sweep.summary import pair_table
 
 log = logging.getLogger(__name__)
@@ -36,19 +37,13 @@ def default_workdir(m: Manifest) -> Path:
     return Path("runs") / "sweeps" / m.name
 
 
-def memory_budget(gb: float | None, executor: str) -> int:
-    """Bytes one group may use: `gb` when given; else, for the local executor, 80% of the first
-    device's memory (half the host's RAM on a CPU); for Ray, half the driver host's RAM (the
-    driver never touches an accelerator the workers need)."""
+def memory_budget(gb: float | None, executor: Executor) -> int:
+    """Bytes one group may use: `gb` when given; else what one task's slot offers, measured
+    where the task runs (the local device, or a probe task on a Ray worker: the slot's device
+    memory, not the driver host's RAM)."""
     if gb:
         return int(gb * 2**30)
-    if executor == "local":
-        import jax
-
-        stats = jax.local_devices()[0].memory_stats() or {}
-        if stats.get("bytes_limit"):
-            return int(0.8 * stats["bytes_limit"])
-    return int(0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return executor.slot_memory()
 
 
 def plan_tasks(runs: list[Run], group_size: int, budget: Callable[[], int]) -> list[Task | Group]:
@@ -96,11 +91,12 @@ class _Sweep:
     ):
         self.ledger, self.executor, self.retry_failed = ledger, executor, retry_failed
         self.group_size = group_size
-        self._budget = functools.cache(lambda: memory_budget(memory_gb, executor.name))
+        self._budget = functools.cache(lambda: memory_budget(memory_gb, executor))
         self.seen: set[str] = set()
         self.attempted: set[str] = set()  # runs dispatched by this invocation
         self.done = self.failed = 0
         self.bar = tqdm(total=0, unit="run", desc="sweep", disable=not progress)
+        self.publish: Callable[..., bool] = lambda force=False: False
 
     def _bar(self, done: int = 0, failed: int = 0, quiet: bool = False) -> None:
         self.done += done
@@ -146,6 +142,7 @@ class _Sweep:
         same: list[str] = []  # runs after the last printed failure that failed the same way
         last = None
         for out in self.executor.run(tasks, self.ledger.mark_running):
+            self.publish()
             if out.ok:
                 self.ledger.mark_done(out.run_id, out.payload, out.attempts - 1)
                 self._bar(done=1)
@@ -306,6 +303,13 @@ def _driver_lock(workdir: Path):
         yield
 
 
+@contextlib.contextmanager
+def _restored(place: LedgerPlace):
+    if place.restore():
+        print(f"ledger restored from the snapshot {place.shared}")
+    yield
+
+
 def run_study(
     manifest_path: str | Path,
     workdir: str | Path | None = None,
@@ -316,6 +320,7 @@ def run_study(
     progress: bool = True,
     group_size: int | None = None,
     report: bool = True,
+    resources: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study in `manifest_path`; returns the workdir and run counts.
 
@@ -323,12 +328,16 @@ def run_study(
     replaces the trainer (a module-level function taking a config JSON string; default: the
     manifest's plug-in `trainer`, else kdjax's);
     `group_size` overrides the manifest's `executor.group_size`; `report`: write the
-    report when the sweep ends."""
+    report when the sweep ends; `resources` (Ray) the per-task request, e.g. {"GPU": 0.5} or
+    {"TPU": 1}."""
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be at least 1, got {group_size}")
     m = load_manifest(manifest_path)
+    if workdir:
+        check_workdir(workdir)
     workdir = Path(workdir) if workdir else default_workdir(m)
     workdir.mkdir(parents=True, exist_ok=True)
+    place = LedgerPlace(workdir)
     resolved = {"root": str(m.root), **m.model_dump(mode="json")}
     (workdir / "manifest.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     planner = Planner(m, workdir)
@@ -340,15 +349,23 @@ def run_study(
         run_fn = PluginTrainer(m.trainer, str(m.root))
     if not isinstance(executor, Executor):
         spec = m.executor if executor is None else m.executor.model_copy(update={"kind": executor})
-        executor = make_executor(spec, run_fn, address)
-    with _driver_lock(workdir), Ledger(workdir / "ledger.sqlite") as ledger:
+        executor = make_executor(spec, run_fn, address, resources)
+    if place.remote:
+        place.dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{workdir} is on a network filesystem ({place.kind}): the ledger is kept "
+            f"at {place.path} and published to {place.shared}"
+        )
+    with _driver_lock(place.dir), _restored(place), Ledger(place.path) as ledger:
         requeued = ledger.reset_running()
         if requeued:
             print(f"{requeued} run(s) interrupted earlier go back to pending")
         # A plug-in trainer trains one run at a time: grouping is kdjax's trainer's.
         size = 1 if m.trainer else group_size or m.executor.group_size
         sweep = _Sweep(ledger, executor, retry_failed, progress, size, m.executor.group_memory_gb)
+        sweep.publish = lambda force=False: place.publish(ledger.db, force)
         try:
+            executor.prepare(str(workdir))
             teachers = list(planner.teachers.values())
             sweep.execute(teachers)
             if m.search.strategy == "grid":
@@ -358,6 +375,7 @@ def run_study(
         finally:
             sweep.close()
             executor.close()
+            place.publish(ledger.db, force=True)
         ids = [t.run_id for t in teachers] + planned
         rows = list(ledger.fetch(ids, *_ROW_COLUMNS).values())
     print(pair_table(rows))
