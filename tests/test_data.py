@@ -172,3 +172,49 @@ def test_hub_source_maps_class_labels(tokenizer, monkeypatch):
     cfg = DataConfig(source="hub", hub={"name": "glue", "config": "sst2"}, text_column="idx")
     with pytest.raises(ValueError, match=r"hub dataset glue/sst2\[train\]: missing column 'idx'"):
         build_dataset(cfg, tokenizer)
+
+
+def _same_encoded(a, b) -> None:
+    assert a.keys() == b.keys()
+    for split in a:
+        x, y = a[split], b[split]
+        assert x.arrays.keys() == y.arrays.keys() and x.info == y.info
+        for k in x.arrays:
+            np.testing.assert_array_equal(x.arrays[k], y.arrays[k], err_msg=f"{split}.{k}")
+        assert x.meta.keys() == y.meta.keys()
+        for k in x.meta:
+            if isinstance(x.meta[k], np.ndarray):
+                np.testing.assert_array_equal(x.meta[k], y.meta[k], err_msg=f"{split}.meta.{k}")
+            else:
+                assert json.dumps(x.meta[k]) == json.dumps(y.meta[k]), f"{split}.meta.{k}"
+
+
+def test_tokenised_data_cache_is_built_once_per_content(tokenizer, tmp_path, monkeypatch):
+    """QA with a stride (windows, offsets, gold answers) is tokenised once, read back equal,
+    and tokenised again when the file changes in place (the same questions reordered)."""
+    from kdjax.tasks import extractive_qa
+
+    src = json.loads((DATA / "qa" / "train.json").read_text())
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(src))
+    files = {"train": str(path), "validation": str(DATA / "qa" / "dev.json"),
+             "test": str(DATA / "qa" / "dev.json")}  # fmt: skip
+    cfg = DataConfig(source="files", files=files, max_length=48, doc_stride=16)
+    calls = []
+    real = extractive_qa.ExtractiveQA.encode
+    monkeypatch.setattr(extractive_qa.ExtractiveQA, "encode",
+                        lambda self, *a: calls.append(1) or real(self, *a))  # fmt: skip
+    build = lambda: build_dataset(cfg, tokenizer, "extractive_qa", cache_dir=tmp_path / "c")
+    fresh = build_dataset(cfg, tokenizer, "extractive_qa")
+    first, second = build(), build()
+    assert len(calls) == 3 + 3  # fresh, then the cached build; the third read the cache
+    _same_encoded(fresh.splits, first.splits)
+    _same_encoded(fresh.splits, second.splits)
+    assert fresh.rows_sha256 == first.rows_sha256 == second.rows_sha256
+    assert fresh.info == second.info
+    src["data"].reverse()  # same questions, other order, same path
+    path.write_text(json.dumps(src))
+    changed = build()
+    assert len(calls) == 9 and len(list((tmp_path / "c").glob("*/manifest.json"))) == 2
+    assert changed.rows_sha256["train"] != first.rows_sha256["train"]
+    assert changed.rows_sha256["test"] == first.rows_sha256["test"]

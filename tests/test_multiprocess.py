@@ -1,5 +1,7 @@
-"""A real two-process run on localhost (jax.distributed, CPU backend, gloo collectives) ends
-with the same model as one process driving the same four devices."""
+"""Real two-process runs on localhost (jax.distributed, CPU backend, gloo collectives) end with
+the same models as one process driving the same four devices: a fine-tuning run, then a
+distillation from the one-process teacher whose logit-cache entry the two processes build
+together (process 0 writes it, both map it). One launch runs both, to pay its start-up once."""
 
 import json
 import os
@@ -13,9 +15,22 @@ import yaml
 from fixtures import SENTIMENT, tiny_model
 from safetensors.numpy import load_file
 
+# Runs each config file given, in order, in one process of the job (or alone).
+_JOB = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+from kdjax.distributed import initialize
+initialize()
+from kdjax.config import load_config
+from kdjax.training import train
+for path in sys.argv[1:]:
+    train(load_config(path), progress=False)
+"""
 
-def _config(out):
+
+def _config(out, **over):
     return {
+        **over,
         "data": {**SENTIMENT, "max_length": 32},
         "model": tiny_model(),
         "train": {
@@ -44,12 +59,12 @@ def _env(devices, **extra):
     return env
 
 
-def _kdjax(cfg_path, env, log):
+def _kdjax(cfg_paths, env, log):
     # Output goes to a file, never to a pipe nobody reads while waiting: a full pipe would block
     # one process while the other waits for it in a collective.
     with open(log, "w") as f:
         return subprocess.Popen(
-            [sys.executable, "-m", "kdjax.cli", "finetune", str(cfg_path), "-q"],
+            [sys.executable, "-c", _JOB, *map(str, cfg_paths)],
             env=env,
             stdout=f,
             stderr=subprocess.STDOUT,
@@ -75,12 +90,39 @@ def _wait_all(procs, logs, timeout):
     return text
 
 
+def _same_model(a_dir, b_dir) -> None:
+    a = load_file(str(a_dir / "model" / "model.safetensors"))
+    b = load_file(str(b_dir / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=0, err_msg=k)
+    ra = json.loads((a_dir / "result.json").read_text())
+    rb = json.loads((b_dir / "result.json").read_text())
+    assert ra["devices"] == rb["devices"] == 4
+    np.testing.assert_allclose(rb["test"]["loss"], ra["test"]["loss"], rtol=1e-5)
+    # Only process 0 wrote the metrics log: one line per log step, not two.
+    assert len((b_dir / "metrics.jsonl").read_text().splitlines()) == len(
+        (a_dir / "metrics.jsonl").read_text().splitlines()
+    )
+
+
 def test_two_processes_equal_one(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump(_config(one)))
-    (tmp_path / "two.yaml").write_text(yaml.safe_dump(_config(two)))
+    kd = {"distance": "kl", "alpha": 0.7, "tau_t": 2.0}
+    files = {}
+    for name, cfg in {
+        "one": _config(one / "teacher"),
+        "two": _config(two / "teacher"),
+        # Both distil from the one-process teacher; the two processes into their own cache.
+        "one-kd": _config(one / "student", teacher=str(one / "teacher"), kd=kd),
+        "two-kd": _config(
+            two / "student", teacher=str(one / "teacher"), kd=kd, cache_dir=str(two / "cache")
+        ),
+    }.items():
+        files[name] = tmp_path / f"{name}.yaml"
+        files[name].write_text(yaml.safe_dump(cfg))
     single_log = tmp_path / "one.log"
-    _wait_all([_kdjax(tmp_path / "one.yaml", _env(4), single_log)], [single_log], 300)
+    _wait_all([_kdjax([files["one"], files["one-kd"]], _env(4), single_log)], [single_log], 300)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,7 +130,7 @@ def test_two_processes_equal_one(tmp_path):
     logs = [tmp_path / f"two.{i}.log" for i in range(2)]
     procs = [
         _kdjax(
-            tmp_path / "two.yaml",
+            [files["two"], files["two-kd"]],
             _env(
                 2,
                 KDJAX_DISTRIBUTED="1",
@@ -101,19 +143,14 @@ def test_two_processes_equal_one(tmp_path):
         )
         for i in range(2)
     ]
-    text = _wait_all(procs, logs, 300)
+    text = _wait_all(procs, logs, 400)
     assert "process 1 of 2: 2 local devices, 4 global" in text
-
-    a = load_file(str(one / "model" / "model.safetensors"))
-    b = load_file(str(two / "model" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=0, err_msg=k)
-    ra = json.loads((one / "result.json").read_text())
-    rb = json.loads((two / "result.json").read_text())
-    assert ra["devices"] == rb["devices"] == 4
-    np.testing.assert_allclose(rb["test"]["loss"], ra["test"]["loss"], rtol=1e-5)
-    # Only process 0 wrote the metrics log: one line per log step, not two.
-    assert len((two / "metrics.jsonl").read_text().splitlines()) == len(
-        (one / "metrics.jsonl").read_text().splitlines()
-    )
+    _same_model(one / "teacher", two / "teacher")
+    _same_model(one / "student", two / "student")
+    # One logit entry, built once by the job (not per process), equal to the one-process one.
+    mine = list((two / "cache").glob("*/manifest.json"))
+    ref = list((one / "teacher" / "logit_cache").glob("*/manifest.json"))
+    assert len(mine) == len(ref) == 1 and mine[0].parent.name == ref[0].parent.name
+    for split in ("train", "validation", "test"):
+        a = np.load(ref[0].parent / f"{split}.npy")
+        np.testing.assert_allclose(np.load(mine[0].parent / f"{split}.npy"), a, atol=1e-5)

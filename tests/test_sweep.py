@@ -143,19 +143,33 @@ def test_greedy_finds_the_planted_best_and_runs_each_config_once(tmp_path):
     out = run_study(path, tmp_path / "w", LocalExecutor(fake.planted), progress=False)
     calls = Counter(fake.CALLS)
     assert max(calls.values()) == 1  # no config ran twice
-    # Per pair and seed: 1 default + 1 teacher + 2 distance + 1 alpha + 2 tau_t + 1 tau_s.
-    assert len(calls) == 1 + 2 * 2 * (8 + 1) and out["done"] == len(calls)
+    # Per pair and seed: 1 default + 1 teacher + 2 distance + 1 alpha + 2 tau_t + 1 tau_s + 1
+    # baseline; sensitivity around (ll, kl|mse, 1, 2, same): teacher hs, the two other
+    # distances and alpha 0.5 are new (tau_t 1/4 and tau_s 1 ran in their stages); transfer:
+    # the two winners ran in each other's sensitivity stage, the reference (ll, ce, 1, 2, 1) is new.
+    assert len(calls) == 1 + 2 * 2 * (9 + 4 + 1) and out["done"] == len(calls)
     with Ledger(tmp_path / "w" / "ledger.sqlite") as ledger:
         rows = ledger.rows()
         assert len(rows) == len(calls) and all(r["status"] == "done" for r in rows)
         students = [r for r in rows if r["kind"] != "teacher"]
         assert all(r["stage"] for r in students)
-        assert {r["stage"] for r in students} == {
-            "0:default", "0:baseline", "1:teacher", "2:distance", "3:alpha", "4:tau_t", "5:tau_s"
+        assert Counter(r["stage"] for r in students) == {
+            "0:default": 4, "0:baseline": 4, "1:teacher": 4, "2:distance": 8, "3:alpha": 4,
+            "4:tau_t": 8, "5:tau_s": 4, "sensitivity": 16, "transfer": 4,
         }  # fmt: skip
-    final = json.loads((tmp_path / "w" / "search.json").read_text())[-1]["best"]
+    search_json = json.loads((tmp_path / "w" / "search.json").read_text())
+    assert [e["stage"] for e in search_json][-2:] == ["sensitivity", "transfer"]
+    final = search_json[-3]["best"]
     assert final == {"sent/s1": ["ll", "kl", 1.0, 2.0, "same"],
                      "sent/s2": ["ll", "mse", 1.0, 2.0, "same"]}  # fmt: skip
+    sens = search_json[-2]
+    assert sens["best"] == final and sens["optimum"] == {"sent/s1": True, "sent/s2": True}
+    # The optimum and 1 + 2 + 1 + 2 + 1 one-knob variants, each with both seeds' runs.
+    assert all(len(o) == 8 and all(len(ids) == 2 for _, ids in o) for o in sens["options"].values())
+    cands = {tuple(c["config"]): c["why"] for c in search_json[-1]["candidates"]}
+    assert cands[("ll", "kl", 1.0, 2.0, "same")][0] == "winner on 1 of 2 pairs"
+    assert cands[("ll", "ce", 1.0, 2.0, 1.0)] == ["reference study's recommendation"]
+    assert len(cands) == 3  # the axis-by-axis best is one of the two winners here
     # A second run finds everything done: nothing executes.
     fake.CALLS.clear()
     run_study(path, tmp_path / "w", LocalExecutor(fake.planted), progress=False)
@@ -238,9 +252,11 @@ def test_plan_command_prints_counts(tmp_path, capsys):
     assert sweep_main(["plan", str(path), "--workdir", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
     assert "teacher runs: 1" in out and "logit caches: 1" in out
-    assert "1:distance   2" in out and "student runs: at most 8" in out
+    assert "1:distance   2" in out and "sensitivity  4" in out and "transfer     8" in out
+    assert "student runs: at most 20" in out
     assert "grouped training: off (executor.group_size 1)" in out
-    assert "48 teacher + 384 student example-epochs" in out
+    assert "48 teacher + 960 student example-epochs" in out
+    assert "warning: axes.distance: ce and kl train identically" in out
     assert sweep_main(["plan", str(tmp_path / "missing.yaml")]) == 2
 
 

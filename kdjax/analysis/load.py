@@ -22,6 +22,55 @@ from kdjax.analysis.configs import (
 )
 
 
+@dataclass(frozen=True)
+class Outcomes:
+    """Per-example test outcomes of one run: `values[i]` for example `ids[i]` (mean = the test
+    metric: 0/1 for accuracy, per-question F1), or `counts[i] = (tp, n_pred, n_gold)` for a
+    corpus F1 computed from summed counts."""
+
+    ids: tuple[str, ...]
+    values: np.ndarray | None  # [n] float
+    counts: np.ndarray | None = None  # [n, 3] float
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def metric(self, weights: np.ndarray | None = None) -> np.ndarray | float:
+        """The metric; with `weights` [B, n] (resampled examples) one value per row."""
+        if self.counts is not None:
+            tp, pred, gold = self.counts.sum(0) if weights is None else (weights @ self.counts).T
+            return 2 * tp / np.maximum(pred + gold, 1e-12)
+        if weights is None:
+            return float(np.mean(self.values))
+        return weights @ self.values / weights.sum(axis=1)
+
+
+def outcomes_of(result: dict[str, Any]) -> Outcomes | None:
+    """The per-example outcomes in a run's result (`test_outcomes`, or a plug-in trainer's
+    `test_correct` list); None when absent or malformed."""
+    raw = result.get("test_outcomes")
+    if raw is None and isinstance(result.get("test_correct"), list):
+        raw = {"values": result["test_correct"]}
+    if not isinstance(raw, dict):
+        return None
+    values, counts = raw.get("values"), raw.get("counts")
+    try:
+        v = None if values is None else np.asarray(values, dtype=float).reshape(-1)
+        c = None if counts is None else np.asarray(counts, dtype=float).reshape(-1, 3)
+    except (TypeError, ValueError):
+        return None
+    n = len(c) if c is not None else (len(v) if v is not None else 0)
+    if not n or (v is not None and c is not None and len(v) != len(c)):
+        return None
+    ids = raw.get("ids")
+    if isinstance(ids, list) and len(ids) == n:
+        ids = tuple(ids) if isinstance(ids[0], str) else tuple(map(str, ids))
+    else:
+        ids = None
+    return Outcomes(ids or tuple(map(str, range(n))), v, c)
+
+
 @dataclass
 class Cell:
     """The finished seeds of one configuration on one pair."""
@@ -30,6 +79,8 @@ class Cell:
     test: dict[int, float] = field(default_factory=dict)
     diag: dict[int, dict[str, float]] = field(default_factory=dict)
     stages: set[str] = field(default_factory=set)
+    outcomes: dict[int, Outcomes] = field(default_factory=dict)  # per seed, when recorded
+    order: int = 0  # the ledger position of its latest run
 
     @property
     def n(self) -> int:
@@ -60,6 +111,13 @@ class Teacher:
     val: float | None = None  # hs checkpoint
     test: float | None = None  # hs checkpoint
     ll_val: float | None = None  # the ll checkpoint's validation score
+    hs_epoch: int | None = None
+    ll_epoch: int | None = None
+
+    @property
+    def same_checkpoint(self) -> bool:
+        """hs and ll are the same epoch: distilling from either is the same run."""
+        return self.hs_epoch is not None and self.hs_epoch == self.ll_epoch
 
 
 @dataclass
@@ -74,6 +132,10 @@ class Study:
     metric: dict[str, str]  # dataset -> metric name
     seeds: list[int]
     configs: list[Config]  # every configuration seen, in ledger order
+    baselines: dict[Pair, dict[float | None, Cell]] = field(default_factory=dict)  # by lr
+    strategy: str = "grid"  # grid | greedy (from the manifest, else the stage labels)
+    default: dict[str, Any] = field(default_factory=dict)  # axis -> first option
+    manifest: dict[str, Any] = field(default_factory=dict)  # manifest.resolved.yaml, if any
 
     @property
     def swept(self) -> list[str]:
@@ -100,6 +162,7 @@ class Study:
         return best
 
     def baseline(self, pair: Pair) -> Cell | None:
+        """The untuned no-KD baseline: trained with the KD runs' own learning rate."""
         return self.cells.get(pair, {}).get(BASELINE)
 
 
@@ -116,15 +179,17 @@ def read_rows(ledger: str | Path) -> list[dict[str, Any]]:
         db.close()
 
 
-def _json(text: str | None) -> Any:
+def _json(text: str | dict | None) -> Any:
+    """A JSON column's value (rows built in memory may hold the dict itself)."""
+    if isinstance(text, dict):
+        return text
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError:
         return None
 
 
-def _diagnostics(row: dict[str, Any]) -> dict[str, float]:
-    result = _json(row.get("result_json")) or {}
+def _diagnostics(row: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
     diag = result.get("diagnostics") or (_json(row.get("diagnostics_json")) or {}).get(
         "diagnostics"
     )
@@ -138,16 +203,21 @@ def _teacher(row: dict[str, Any]) -> Teacher:
         ckpts = (_json(row.get("result_json")) or {}).get("checkpoints") or {}
         ll = (ckpts.get("ll") or {}).get("validation") or {}
         t.ll_val = ll.get(t.metric) if t.metric else None
+        epochs = [(ckpts.get(k) or {}).get("epoch") for k in ("hs", "ll")]
+        t.hs_epoch, t.ll_epoch = (int(e) if isinstance(e, int | float) else None for e in epochs)
     return t
 
 
-def _manifest_axes(workdir: Path) -> dict[str, list[Any]]:
+def _manifest(workdir: Path) -> dict[str, Any]:
     path = workdir / "manifest.resolved.yaml"
     if not path.is_file():
         return {}
     import yaml
 
-    m = yaml.safe_load(path.read_text()) or {}
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _manifest_axes(m: dict[str, Any]) -> dict[str, list[Any]]:
     out = {MANIFEST_AXES.get(k, k): list(v) for k, v in (m.get("axes") or {}).items()}
     if "tau_squared" in m:
         out["tau_squared"] = [bool(m["tau_squared"])]
@@ -172,8 +242,18 @@ def load_study(
     dotted config paths (e.g. "train.learning_rate") treated as further axes."""
     path = Path(path)
     ledger = path / "ledger.sqlite" if path.is_dir() else path
-    rows = read_rows(ledger)
-    declared = axes if axes is not None else _manifest_axes(ledger.parent)
+    return study_from_rows(read_rows(ledger), _manifest(ledger.parent), axes, extra_axes)
+
+
+def study_from_rows(
+    rows: list[dict[str, Any]],
+    manifest: dict[str, Any] | None = None,
+    axes: dict[str, list[Any]] | None = None,
+    extra_axes: tuple[str, ...] = (),
+) -> Study:
+    """A study from ledger rows (dicts with the ledger's columns), as `load_study` reads them."""
+    manifest = manifest or {}
+    declared = axes if axes is not None else _manifest_axes(manifest)
     options: dict[str, list[Any]] = {a: [] for a in (*KD_AXES, *extra_axes)}
     for a, vals in declared.items():
         a = MANIFEST_AXES.get(a, a)
@@ -187,7 +267,13 @@ def load_study(
     teachers: dict[str, Teacher] = {}
     metric: dict[str, str] = {}
     seeds: set[int] = set()
-    for r in rows:
+    baselines: dict[Pair, dict[float | None, Cell]] = {}
+    kd_lr: dict[Pair, float | None] = {}
+    lrs = [_lr(r) if r["kind"] != "teacher" else None for r in rows]
+    for r, lr in zip(rows, lrs, strict=True):  # the KD runs' learning rate: the untuned baseline's
+        if r["kind"] == "distill":
+            kd_lr.setdefault((r["dataset"], r["student"]), lr)
+    for k, r in enumerate(rows):
         if r.get("metric_name"):
             metric.setdefault(r["dataset"], r["metric_name"])
         if r["kind"] == "teacher":
@@ -198,24 +284,78 @@ def load_study(
             pairs.append(pair)
             cells[pair] = {}
         c = BASELINE if r["kind"] == "baseline" else config_of(r, extra_axes)
-        configs.setdefault(c)
-        if not c.is_baseline:
+        if c.is_baseline and pair in kd_lr and lrs[k] != kd_lr[pair]:
+            c = None  # a tuned baseline (another learning rate): kept apart
+        if c is not None:
+            configs.setdefault(c)
+        if c is not None and not c.is_baseline:
             for a in options:  # options seen in the ledger, after the declared ones
                 v = c.given_value(a)
                 if v is not None and v not in options[a]:
                     options[a].append(v)
         if r["status"] != "done" or r.get("val_metric") is None or r.get("test_metric") is None:
             continue
-        cell = cells[pair].setdefault(c, Cell())
-        seed = int(r["seed"] or 0)
-        if seed in cell.test:  # the same run twice (e.g. tau_s as a number and as 'same')
-            continue
-        cell.val[seed], cell.test[seed] = float(r["val_metric"]), float(r["test_metric"])
-        cell.diag[seed] = _diagnostics(r)
-        cell.stages.add(r.get("stage") or "grid")
-        seeds.add(seed)
+        result = _json(r.get("result_json")) or {}
+        if r["kind"] == "baseline":
+            _add(baselines.setdefault(pair, {}).setdefault(lrs[k], Cell()), r, k, result)
+        if c is not None:
+            seeds.add(_add(cells[pair].setdefault(c, Cell()), r, k, result))
     options = {a: v for a, v in options.items() if v}
-    return Study(rows, pairs, cells, teachers, options, metric, sorted(seeds), list(configs))
+    for alias, runs_as in _shared(manifest, options).items():
+        _alias_distance(cells, configs, runs_as, alias)
+    stages = {str(r.get("stage") or "") for r in rows}
+    strategy = (manifest.get("search") or {}).get("strategy") or (
+        "greedy" if any(s[:1].isdigit() for s in stages) else "grid"
+    )
+    default = {a: v[0] for a, v in options.items()}
+    return Study(
+        rows, pairs, cells, teachers, options, metric, sorted(seeds), list(configs),
+        baselines, strategy, default, manifest,
+    )  # fmt: skip
+
+
+def _shared(manifest: dict[str, Any], options: dict[str, list[Any]]) -> dict[str, str]:
+    """`search.equivalent_distances: share`: the second of ce and kl listed is run as the
+    first (one run under both names); {alias: distance run}."""
+    if (manifest.get("search") or {}).get("equivalent_distances") != "share":
+        return {}
+    listed = [d for d in options.get("distance", []) if d in ("ce", "kl")]
+    return {listed[1]: listed[0]} if len(listed) == 2 else {}
+
+
+def _alias_distance(
+    cells: dict[Pair, dict[Config, Cell]], configs: dict[Config, None], runs_as: str, alias: str
+) -> None:
+    """Every configuration with distance `runs_as` also stands for `alias`: the same cell."""
+    for by_config in cells.values():
+        for c, cell in list(by_config.items()):
+            if c.is_baseline or c["distance"] != runs_as:
+                continue
+            swap = {**dict(c.items), "distance": alias}
+            given = {**dict(c.given or c.items), "distance": alias}
+            twin = Config(tuple(swap.items()), tuple(given.items()))
+            by_config.setdefault(twin, cell)
+            configs.setdefault(twin)
+
+
+def _lr(row: dict[str, Any]) -> float | None:
+    lr = ((_json(row.get("config_json")) or {}).get("train") or {}).get("learning_rate")
+    return float(lr) if isinstance(lr, int | float) else None
+
+
+def _add(cell: Cell, r: dict[str, Any], order: int, result: dict[str, Any]) -> int:
+    """Add a finished run's seed to `cell`; returns the seed."""
+    seed = int(r["seed"] or 0)
+    if seed in cell.test:  # the same run twice (e.g. tau_s as a number and as 'same')
+        return seed
+    cell.val[seed], cell.test[seed] = float(r["val_metric"]), float(r["test_metric"])
+    cell.diag[seed] = _diagnostics(r, result)
+    cell.stages.add(r.get("stage") or "grid")
+    cell.order = max(cell.order, order)
+    out = outcomes_of(result)
+    if out is not None:
+        cell.outcomes[seed] = out
+    return seed
 
 
 def seed_table(study: Study) -> list[dict[str, Any]]:

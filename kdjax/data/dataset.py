@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,9 @@ class Dataset:
     splits: dict[str, Encoded]
     labels: tuple[str, ...]
     info: dict[str, Any]
+    # sha256 of each split's tokenised model inputs (`cache.rows_sha256`): what the teacher-logit
+    # cache is keyed and checked on.
+    rows_sha256: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def _raw_splits(cfg: DataConfig, task: Task) -> tuple[dict[str, Columns], str]:
@@ -50,7 +54,9 @@ def _raw_splits(cfg: DataConfig, task: Task) -> tuple[dict[str, Columns], str]:
             if name is None:
                 continue
             try:
-                given[split] = sources.load_hub(h.name, h.config, name, cols, cfg.labels, h.filter)
+                given[split] = sources.load_hub(
+                    h.name, h.config, name, cols, cfg.labels, h.filter, h.revision, h.data_files
+                )
             except sources.MissingSplit:
                 if split == "train":
                     raise
@@ -83,10 +89,20 @@ def _limit(columns: Columns, limit: int | None, seed: int) -> Columns:
 
 
 def build_dataset(
-    cfg: DataConfig, tokenizer, task: str = "classification", seed: int = 0
+    cfg: DataConfig,
+    tokenizer,
+    task: str = "classification",
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
 ) -> Dataset:
     """Load, split, subsample, validate labels and tokenize. Bad data fails before any compute;
-    examples that cannot be used (e.g. empty texts) are dropped and counted in `info`."""
+    examples that cannot be used (e.g. empty texts) are dropped and counted in `info`.
+
+    With `cache_dir`, the tokenised splits are stored there once (`cache.data_cache`) and later
+    builds with the same raw rows, tokenizer and data settings read them back instead of
+    tokenising again."""
+    from kdjax.data import cache
+
     t = get_task(task)
     raw, policy = _raw_splits(cfg, t)
     info: dict[str, Any] = {"source": cfg.source, "split_policy": policy}
@@ -97,17 +113,43 @@ def build_dataset(
         if len(label_set) < 2:
             raise ValueError(f"data: need at least two labels, found {list(label_set)}")
     limits = cfg.limit.model_dump()
-    splits: dict[str, Encoded] = {}
+    columns = {}
     for i, split in enumerate(sources.SPLITS):
-        cols = _limit(raw[split], limits[split], seed + i)
-        if not next(iter(cols.values())):
+        columns[split] = _limit(raw[split], limits[split], seed + i)
+        if not next(iter(columns[split].values())):
             raise ValueError(f"data: split {split!r} has no examples")
-        try:
-            splits[split] = t.encode(cols, tokenizer, label_set, cfg)
-        except ValueError as e:
-            raise ValueError(f"{e} [split {split!r}]") from None
-        if not len(splits[split]):
-            raise ValueError(f"data: split {split!r} has no usable examples ({splits[split].info})")
+
+    def tokenise() -> dict[str, Encoded]:
+        splits: dict[str, Encoded] = {}
+        for split in sources.SPLITS:
+            try:
+                splits[split] = t.encode(columns[split], tokenizer, label_set, cfg)
+            except ValueError as e:
+                raise ValueError(f"{e} [split {split!r}]") from None
+            if not len(splits[split]):
+                raise ValueError(
+                    f"data: split {split!r} has no usable examples ({splits[split].info})"
+                )
+        return splits
+
+    if cache_dir is None:
+        splits = tokenise()
+        digests = {s: cache.rows_sha256(splits[s]) for s in sources.SPLITS}
+    else:
+        inputs = {
+            "task": task,
+            "data": cfg.model_dump(mode="json"),
+            "seed": seed,
+            "labels": list(label_set),
+            "tokenizer": cache.tokenizer_id(tokenizer),
+            "raw_sha256": {s: cache.columns_sha256(columns[s]) for s in sources.SPLITS},
+        }
+        arrays, extra = cache.data_cache(cache_dir).get_or_build_extra(
+            inputs, lambda: cache.encode(tokenise())
+        )
+        splits = cache.decode(arrays, extra)
+        # Stored with the arrays, whose own sha256 the cache checked on this read.
+        digests = {s: extra[s]["rows_sha256"] for s in sources.SPLITS}
     for key in sorted({k for s in splits.values() for k in s.info}):
         info[key] = {s: splits[s].info.get(key, 0) for s in sources.SPLITS}
     for split, enc in splits.items():
@@ -115,4 +157,4 @@ def build_dataset(
             if key.startswith("dropped") and value:
                 log.warning("%s: %s = %d", split, key, value)
     info["seq_len"] = splits["train"].seq_len
-    return Dataset(splits, tuple(label_set), info)
+    return Dataset(splits, tuple(label_set), info, digests)

@@ -1,4 +1,5 @@
-"""Import and export Hugging Face checkpoint directories (config.json + model.safetensors).
+"""Import and export Hugging Face checkpoint directories (config.json + weights: safetensors,
+Flax msgpack or pytorch_model.bin, read without torch; see weights.py).
 
 The key map below is the single description of how kdjax parameters correspond to
 transformers' PyTorch parameter names; loading and saving both walk it.
@@ -15,10 +16,11 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from kdjax.models.config import EncoderConfig, check_task
+from kdjax.models.config import HF_ARCHITECTURES, EncoderConfig, check_task
 from kdjax.models.encoder import Model, create
+from kdjax.models.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -89,35 +91,14 @@ def _read_config(path: Path) -> dict[str, Any]:
     return json.loads(cfg_file.read_text())
 
 
-def _read_weights(path: Path) -> dict[str, np.ndarray]:
-    st = path / "model.safetensors"
-    if st.is_file():
-        return load_file(str(st))
-    shards = sorted(path.glob("model-*-of-*.safetensors"))
-    if shards:
-        out: dict[str, np.ndarray] = {}
-        for shard in shards:
-            out.update(load_file(str(shard)))
-        return out
-    if (path / "pytorch_model.bin").is_file():
-        try:
-            import torch
-        except ImportError:
-            raise ValueError(
-                f"{path}: holds only pytorch_model.bin, which needs PyTorch to read. Install "
-                "torch, or convert it once to model.safetensors (transformers: "
-                "model.save_pretrained(dir, safe_serialization=True))."
-            ) from None
-        sd = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
-    raise FileNotFoundError(f"{path}: no model.safetensors (or pytorch_model.bin) found")
-
-
 def _normalise_keys(weights: dict[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
-    """Strip the base prefix and rename legacy LayerNorm gamma/beta."""
+    """Strip the base prefix and rename legacy LayerNorm gamma/beta; pre-training heads (`cls.*`,
+    `lm_head.*`) are left out."""
     out = {}
     prefix = model_type + "."
     for k, v in weights.items():
+        if k.startswith(("cls.", "lm_head.")):
+            continue
         k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace(
             "LayerNorm.beta", "LayerNorm.bias"
         )
@@ -158,7 +139,7 @@ def from_pretrained(
     path = Path(path)
     hf_cfg = _read_config(path)
     cfg = EncoderConfig.from_hf(hf_cfg)
-    weights = _normalise_keys(_read_weights(path), cfg.model_type)
+    weights = _normalise_keys(read_weights(path), cfg.model_type)
 
     # The checkpoint's own head (if any) sets the label count when the caller does not.
     out_key = head_output_key(cfg.model_type, task)
@@ -229,3 +210,22 @@ def save_pretrained(model: Model, path: str | Path, tokenizer: Any = None) -> Pa
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
     return path
+
+
+def teacher_head_problem(hf_cfg: dict[str, Any], task: str) -> str | None:
+    """Why a checkpoint's config.json says it cannot teach `task` (None when it can, or when the
+    config does not say): a teacher needs a fine-tuned head for the task, not a pre-training one."""
+    archs = hf_cfg.get("architectures") or []
+    suffix = HF_ARCHITECTURES[check_task(task)]
+    if archs and not any(a.endswith(suffix) for a in archs):
+        return (
+            f"is a {'/'.join(archs)} checkpoint without a {task} head; a teacher must be "
+            f"fine-tuned for the task first (`kdjax teacher`), or be a hub checkpoint ending in "
+            f"{suffix} whose id2label matches data.labels"
+        )
+    if task != "extractive_qa" and not hf_cfg.get("id2label") and not archs:
+        return (
+            f"has no {task} head (no architectures or id2label in its config.json); fine-tune "
+            "it first (`kdjax teacher`)"
+        )
+    return None

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import functools
 import importlib.util
+import itertools
 import json
 import logging
 import math
@@ -24,8 +25,9 @@ from tqdm.auto import tqdm
 
 from kdjax.sweep.executors import Executor, Group, RunFn, Task, make_executor
 from kdjax.sweep.ledger import Ledger
-from kdjax.sweep.manifest import Manifest, load_manifest
-from kdjax.sweep.plan import Pair, Planner, Point, Run, choose, unique
+from kdjax.sweep.manifest import AXES, Manifest, load_manifest
+from kdjax.sweep.plan import Pair, Planner, Point, Run, Stage, choose, unique
+from kdjax.sweep.storage import LedgerPlace, check_workdir
 from kdjax.sweep.summary import pair_table
 
 log = logging.getLogger(__name__)
@@ -35,19 +37,13 @@ def default_workdir(m: Manifest) -> Path:
     return Path("runs") / "sweeps" / m.name
 
 
-def memory_budget(gb: float | None, executor: str) -> int:
-    """Bytes one group may use: `gb` when given; else, for the local executor, 80% of the first
-    device's memory (half the host's RAM on a CPU); for Ray, half the driver host's RAM (the
-    driver never touches an accelerator the workers need)."""
+def memory_budget(gb: float | None, executor: Executor) -> int:
+    """Bytes one group may use: `gb` when given; else what one task's slot offers, measured
+    where the task runs (the local device, or a probe task on a Ray worker: the slot's device
+    memory, not the driver host's RAM)."""
     if gb:
         return int(gb * 2**30)
-    if executor == "local":
-        import jax
-
-        stats = jax.local_devices()[0].memory_stats() or {}
-        if stats.get("bytes_limit"):
-            return int(0.8 * stats["bytes_limit"])
-    return int(0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return executor.slot_memory()
 
 
 def plan_tasks(runs: list[Run], group_size: int, budget: Callable[[], int]) -> list[Task | Group]:
@@ -95,11 +91,12 @@ class _Sweep:
     ):
         self.ledger, self.executor, self.retry_failed = ledger, executor, retry_failed
         self.group_size = group_size
-        self._budget = functools.cache(lambda: memory_budget(memory_gb, executor.name))
+        self._budget = functools.cache(lambda: memory_budget(memory_gb, executor))
         self.seen: set[str] = set()
         self.attempted: set[str] = set()  # runs dispatched by this invocation
         self.done = self.failed = 0
         self.bar = tqdm(total=0, unit="run", desc="sweep", disable=not progress)
+        self.publish: Callable[..., bool] = lambda force=False: False
 
     def _bar(self, done: int = 0, failed: int = 0, quiet: bool = False) -> None:
         self.done += done
@@ -145,6 +142,7 @@ class _Sweep:
         same: list[str] = []  # runs after the last printed failure that failed the same way
         last = None
         for out in self.executor.run(tasks, self.ledger.mark_running):
+            self.publish()
             if out.ok:
                 self.ledger.mark_done(out.run_id, out.payload, out.attempts - 1)
                 self._bar(done=1)
@@ -168,34 +166,106 @@ class _Sweep:
         self.bar.close()
 
 
+def _val_scores(ledger: Ledger, run_ids) -> dict[str, float]:
+    """Validation metric of the finished runs among `run_ids`."""
+    rows = ledger.fetch(set(run_ids), "status", "val_metric")
+    return {
+        i: r["val_metric"]
+        for i, r in rows.items()
+        if r["status"] == "done" and r["val_metric"] is not None
+    }
+
+
+def _entry(stage: Stage, best: dict[Pair, Point], **extra: Any) -> dict[str, Any]:
+    """One stage in `search.json`: per pair, the chosen point and every option's run ids."""
+    key = "/".join
+    options = {key(p): [[list(pt), ids] for pt, ids in o.items()] for p, o in stage.options.items()}
+    return {"stage": stage.label, "best": {key(p): v for p, v in best.items()},
+            "options": options, **extra}  # fmt: skip
+
+
+def run_stage(
+    sweep: _Sweep, ledger: Ledger, stage: Stage, best: dict[Pair, Point]
+) -> dict[Pair, Point]:
+    """Execute a stage's runs and choose, per pair, its best option on validation (ties keep
+    `best[pair]`); a pair none of whose options finished drops out."""
+    sweep.execute(stage.runs)
+    scores = _val_scores(ledger, [r.run_id for r in stage.runs])
+    chosen: dict[Pair, Point] = {}
+    for pair, options in stage.options.items():
+        point = choose(options, scores, best.get(pair))
+        if point is None:
+            sweep.bar.write(
+                f"{pair[0]}/{pair[1]}: no run of stage {stage.label} finished; "
+                "this pair is not searched further"
+            )
+        else:
+            chosen[pair] = point
+    return chosen
+
+
+def after_search(
+    planner: Planner, sweep: _Sweep, ledger: Ledger, best: dict[Pair, Point]
+) -> tuple[list[Run], list[dict[str, Any]]]:
+    """The stages after the search: sensitivity (one knob at a time around each pair's
+    optimum; greedy) then transfer (candidate single configurations on every pair). Returns
+    their runs and their `search.json` entries. `best`: each pair's optimum."""
+    runs: list[Run] = []
+    history: list[dict[str, Any]] = []
+    search = planner.m.search
+    winners = best
+    if search.strategy == "greedy" and search.sensitivity_on():
+        stage = planner.sensitivity_stage(best)
+        winners = run_stage(sweep, ledger, stage, best)
+        runs += stage.runs
+        local = {"/".join(p): winners.get(p) == best[p] for p in best}
+        history.append(_entry(stage, winners, optimum=local))
+    if search.transfer_on() and winners:
+        done = ledger.rows(status="done", kind=["distill", "baseline"])
+        scores = {r["run_id"]: r["val_metric"] for r in done if r["val_metric"] is not None}
+        candidates = planner.transfer_candidates(winners, scores)
+        stage = planner.transfer_stage(candidates)
+        sweep.execute(stage.runs)
+        runs += stage.runs
+        cands = [{"config": list(p), "why": why} for p, why in candidates]
+        history.append(_entry(stage, winners, candidates=cands))
+    return runs, history
+
+
 def _greedy(planner: Planner, sweep: _Sweep, ledger: Ledger, workdir: Path) -> list[str]:
-    """Stage by stage; each stage's options per pair are chosen on mean validation score."""
+    """Stage by stage, each stage's options per pair chosen on mean validation score; then
+    the sensitivity and transfer stages (`after_search`)."""
     best: dict[Pair, Point] = {pair: planner.default_point() for pair in planner.pairs()}
     planned: list[str] = []
     history = []
     for k in range(len(planner.m.order()) + 1):
         stage = planner.greedy_stage(k, best)
-        sweep.execute(stage.runs)
+        best = run_stage(sweep, ledger, stage, best)
         planned += [r.run_id for r in stage.runs]
-        rows = ledger.fetch({r.run_id for r in stage.runs}, "status", "val_metric")
-        scores = {
-            i: r["val_metric"]
-            for i, r in rows.items()
-            if r["status"] == "done" and r["val_metric"] is not None
-        }
-        chosen: dict[Pair, Point] = {}
-        for pair, options in stage.options.items():
-            point = choose(options, scores, best[pair])
-            if point is None:
-                sweep.bar.write(
-                    f"{pair[0]}/{pair[1]}: no run of stage {stage.label} finished; "
-                    "this pair is not searched further"
-                )
-            else:
-                chosen[pair] = point
-        best = chosen
-        history.append({"stage": stage.label, "best": {"/".join(p): v for p, v in best.items()}})
-    (workdir / "search.json").write_text(json.dumps(history, indent=1) + "\n")
+        history.append(_entry(stage, best))
+    runs, more = after_search(planner, sweep, ledger, best)
+    planned += [r.run_id for r in runs]
+    (workdir / "search.json").write_text(json.dumps(history + more, indent=1) + "\n")
+    return planned
+
+
+def _grid(planner: Planner, sweep: _Sweep, ledger: Ledger, workdir: Path) -> list[str]:
+    """Every configuration everywhere; with `search.transfer`, the candidate single
+    configurations recorded too (all ran already)."""
+    runs = planner.grid()
+    sweep.execute(runs)
+    planned = [r.run_id for r in runs]
+    if planner.m.search.transfer_on():
+        stage = Stage("grid", None)
+        values = [getattr(planner.m.axes, a) for a in AXES]
+        for pair in planner.pairs():
+            stage.options[pair] = {}
+            for point in itertools.product(*values):
+                stage.options[pair][point] = planner._ids(pair, point)
+        best = run_stage(sweep, ledger, stage, {})
+        more_runs, more = after_search(planner, sweep, ledger, best)
+        planned += [r.run_id for r in more_runs]
+        (workdir / "search.json").write_text(json.dumps(more, indent=1) + "\n")
     return planned
 
 
@@ -233,6 +303,13 @@ def _driver_lock(workdir: Path):
         yield
 
 
+@contextlib.contextmanager
+def _restored(place: LedgerPlace):
+    if place.restore():
+        print(f"ledger restored from the snapshot {place.shared}")
+    yield
+
+
 def run_study(
     manifest_path: str | Path,
     workdir: str | Path | None = None,
@@ -242,48 +319,69 @@ def run_study(
     run_fn: RunFn | None = None,
     progress: bool = True,
     group_size: int | None = None,
+    report: bool = True,
+    resources: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study in `manifest_path`; returns the workdir and run counts.
 
     `executor`: an Executor, or "local"/"ray" to override the manifest's kind; `run_fn`
-    replaces the trainer (a module-level function taking a config JSON string);
-    `group_size` overrides the manifest's `executor.group_size`."""
+    replaces the trainer (a module-level function taking a config JSON string; default: the
+    manifest's plug-in `trainer`, else kdjax's);
+    `group_size` overrides the manifest's `executor.group_size`; `report`: write the
+    report when the sweep ends; `resources` (Ray) the per-task request, e.g. {"GPU": 0.5} or
+    {"TPU": 1}."""
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be at least 1, got {group_size}")
     m = load_manifest(manifest_path)
+    if workdir:
+        check_workdir(workdir)
     workdir = Path(workdir) if workdir else default_workdir(m)
     workdir.mkdir(parents=True, exist_ok=True)
+    place = LedgerPlace(workdir)
     resolved = {"root": str(m.root), **m.model_dump(mode="json")}
     (workdir / "manifest.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     planner = Planner(m, workdir)
     if executor is None and address:
         executor = "ray"  # an address only means something to Ray
+    if run_fn is None and m.trainer is not None:
+        from kdjax.sweep.plugin import PluginTrainer
+
+        run_fn = PluginTrainer(m.trainer, str(m.root))
     if not isinstance(executor, Executor):
         spec = m.executor if executor is None else m.executor.model_copy(update={"kind": executor})
-        executor = make_executor(spec, run_fn, address)
-    with _driver_lock(workdir), Ledger(workdir / "ledger.sqlite") as ledger:
+        executor = make_executor(spec, run_fn, address, resources)
+    if place.remote:
+        place.dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{workdir} is on a network filesystem ({place.kind}): the ledger is kept "
+            f"at {place.path} and published to {place.shared}"
+        )
+    with _driver_lock(place.dir), _restored(place), Ledger(place.path) as ledger:
         requeued = ledger.reset_running()
         if requeued:
             print(f"{requeued} run(s) interrupted earlier go back to pending")
-        size = group_size or m.executor.group_size
+        # A plug-in trainer trains one run at a time: grouping is kdjax's trainer's.
+        size = 1 if m.trainer else group_size or m.executor.group_size
         sweep = _Sweep(ledger, executor, retry_failed, progress, size, m.executor.group_memory_gb)
+        sweep.publish = lambda force=False: place.publish(ledger.db, force)
         try:
+            executor.prepare(str(workdir))
             teachers = list(planner.teachers.values())
             sweep.execute(teachers)
             if m.search.strategy == "grid":
-                runs = planner.grid()
-                sweep.execute(runs)
-                planned = [r.run_id for r in runs]
+                planned = _grid(planner, sweep, ledger, workdir)
             else:
                 planned = _greedy(planner, sweep, ledger, workdir)
         finally:
             sweep.close()
             executor.close()
+            place.publish(ledger.db, force=True)
         ids = [t.run_id for t in teachers] + planned
         rows = list(ledger.fetch(ids, *_ROW_COLUMNS).values())
     print(pair_table(rows))
     print(f"done {sweep.done}, failed {sweep.failed} of {len(set(ids))} runs; ledger in {workdir}")
-    _report(workdir)
+    if report:
+        _report(workdir)
     return {"workdir": workdir, "runs": list(dict.fromkeys(ids)), "done": sweep.done,
             "failed": sweep.failed}  # fmt: skip
 

@@ -82,12 +82,19 @@ def describe_plan(
             per_dataset[r.dataset] += 1
         total = len(runs)
     else:
-        base = len(pairs) * seeds if m.baseline else 0
+        base = len(pairs) * seeds * len(m.baseline_lrs())
         counts = [len(pairs) * seeds]
         for axis in m.order():
             counts.append(len(pairs) * seeds * (len(getattr(m.axes, axis)) - 1))
+        labels = planner.stage_labels()
+        if m.search.sensitivity_on():
+            labels.append("sensitivity")
+            counts.append(len(pairs) * seeds * sum(len(getattr(m.axes, a)) - 1 for a in AXES))
+        if m.search.transfer_on():
+            labels.append("transfer")
+            counts.append(len(pairs) * seeds * (m.search.transfer_top_k + 2))
         lines.append("greedy stages (new runs, at most; runs shared with earlier stages reused):")
-        for label, n in zip(planner.stage_labels(), counts, strict=True):
+        for label, n in zip(labels, counts, strict=True):
             lines.append(f"  {label:<12} {n}")
         lines.append(f"  baselines    {base}")
         total = sum(counts) + base
@@ -113,13 +120,20 @@ def describe_plan(
         if ledger is not None:
             ledger.close()
     sizes = {**sizes, **(examples or {})}
-    lines += _cost(planner, teachers, per_dataset, sizes, rate)
+    if m.trainer is not None:
+        lines.append(f"trainer: {m.trainer} (plug-in; kdjax loads no model and no data)")
+        lines += _plugin_cost(ledger_path, total + len(teachers))
+    else:
+        lines += _cost(planner, teachers, per_dataset, sizes, rate)
     if hardware is not None:
         from kdjax.sweep.projection import Hardware, format_projection, project
 
         known = {t.dataset: _train_size(planner, t, sizes) for t in teachers}
         sizes = {k: v for k, v in known.items() if v is not None}
-        lines += format_projection(project(m, workdir, Hardware.load(hardware), chips, sizes))
+        per_pair = None if m.search.strategy == "grid" else total // max(len(pairs), 1)
+        hw = Hardware.load(hardware)
+        lines += format_projection(project(m, workdir, hw, chips, sizes, per_pair))
+    lines += [f"warning: {w}" for w in m.warnings()]
     return "\n".join(lines)
 
 
@@ -127,6 +141,19 @@ def _train_size(planner: Planner, t: Run, sizes: dict[str, int]) -> int | None:
     d = planner.datasets[t.dataset]
     limit = d.data.get("limit", {}).get("train")
     return sizes.get(d.name) or _min(limit, _file_examples(d.data))
+
+
+def _plugin_cost(ledger_path: Path, runs: int) -> list[str]:
+    """A plug-in trainer's runs are opaque: the estimate is the mean measured run time."""
+    if not ledger_path.is_file():
+        return ["estimated time: unknown until a ledger in the workdir has finished runs"]
+    with Ledger(ledger_path) as ledger:
+        times = [r["wall_time_s"] for r in ledger.rows(status="done") if r["wall_time_s"]]
+    if not times:
+        return ["estimated time: unknown until a ledger in the workdir has finished runs"]
+    per = sum(times) / len(times)
+    return [f"estimated time: {runs * per / 60:.1f} min ({per:.2f} s per run over "
+            f"{len(times)} finished runs)"]  # fmt: skip
 
 
 def _grid_size(m: Manifest) -> int:

@@ -6,6 +6,7 @@ path and what is allowed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,7 +35,10 @@ from kdjax.losses import DISTANCES
 from kdjax.models.config import TASKS
 from kdjax.sweep.compose import read_composed
 
+log = logging.getLogger(__name__)
+
 AXES = ("teacher", "distance", "alpha", "tau_t", "tau_s")
+EQUIVALENT_DISTANCES = ("ce", "kl")  # equal gradients w.r.t. the student's logits
 TRAIN_KEYS = ("default", *TASKS)
 _INITS = ("pretrained", "teacher_layers", "random")
 TrainKey = Literal["default", "classification", "token_classification", "extractive_qa"]
@@ -119,6 +123,38 @@ class SearchSpec(Frozen):
     order: tuple[str, ...] | None = Field(
         None, description="greedy: the swept axes in the order they are searched"
     )
+    sensitivity: bool | None = Field(
+        None,
+        description="greedy: after the search, change one knob at a time around each pair's "
+        "optimum, so that every option gets the same downstream tuning (default: on for greedy)",
+    )
+    transfer: bool | None = Field(
+        None,
+        description="run a few candidate single configurations on every pair (the most frequent "
+        "per-pair winners, the best by mean validation, the reference study's recommendation); "
+        "default: on for greedy, off for grid (where every configuration ran everywhere)",
+    )
+    transfer_top_k: int = Field(
+        2, ge=0, description="transfer: how many of the most frequent per-pair winners to run"
+    )
+    equivalent_distances: Literal["run_both", "share"] = Field(
+        "run_both",
+        description="ce and kl have the same gradient (they differ by the teacher's entropy, a "
+        "constant), so they train identically; 'share': when both are listed, the second one "
+        "listed is the first one's run (one run, not two)",
+    )
+
+    def sensitivity_on(self) -> bool:
+        return self.strategy == "greedy" if self.sensitivity is None else self.sensitivity
+
+    def transfer_on(self) -> bool:
+        return self.strategy == "greedy" if self.transfer is None else self.transfer
+
+
+class BaselineSpec(Frozen):
+    """No-KD baselines tuned like the KD runs: one per learning rate (plus the untuned one)."""
+
+    learning_rate: tuple[Annotated[float, Field(gt=0)], ...] = Field(min_length=1)
 
 
 class ExecutorSpec(Frozen):
@@ -172,7 +208,17 @@ class Manifest(Frozen):
     seeds: tuple[int, ...] = Field((0,), min_length=1)
     train: TrainSections = {}
     search: SearchSpec = SearchSpec()
-    baseline: bool = Field(True, description="add a no-KD run (alpha 0) per pair and seed")
+    baseline: bool | BaselineSpec = Field(
+        True,
+        description="true: a no-KD run (alpha 0) per pair and seed; {learning_rate: [...]}: "
+        "also one per learning rate, so that the baseline is tuned like the KD runs",
+    )
+    trainer: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+        description="a plug-in trainer 'module:function' called with each run's config as a "
+        "dict (the module is looked up next to the manifest, then on sys.path)",
+    )
     teacher_mode: Literal["cached", "online"] = "cached"
     executor: ExecutorSpec = ExecutorSpec()
     mesh: MeshConfig | None = None
@@ -201,6 +247,36 @@ class Manifest(Frozen):
 
     def order(self) -> list[str]:
         return list(self.search.order) if self.search.order else self.axes.swept()
+
+    def baseline_lrs(self) -> list[float | None]:
+        """The baselines' learning rates: None is the training settings' own (the untuned
+        baseline, always first when there are baselines)."""
+        if self.baseline is False:
+            return []
+        if self.baseline is True:
+            return [None]
+        return [None, *self.baseline.learning_rate]
+
+    def shared_distances(self) -> dict[str, str]:
+        """Distances run as another one's run: {'kl': 'ce'} (the second listed of ce and kl
+        maps to the first) with `search.equivalent_distances: share`, else empty."""
+        listed = [d for d in self.axes.distance if d in EQUIVALENT_DISTANCES]
+        if self.search.equivalent_distances != "share" or len(listed) < 2:
+            return {}
+        return {listed[1]: listed[0]}
+
+    def warnings(self) -> list[str]:
+        """Things that are allowed but probably not meant."""
+        out = []
+        both = [d for d in self.axes.distance if d in EQUIVALENT_DISTANCES]
+        if len(both) == 2 and self.search.equivalent_distances == "run_both":
+            out.append(
+                f"axes.distance: {both[0]} and {both[1]} train identically (equal gradients: "
+                "they differ by the teacher's entropy, a constant); their loss values differ but "
+                "their runs do not, so the sweep runs the same training twice. List only one, "
+                "or set search.equivalent_distances: share to run it once under both names"
+            )
+        return out
 
     def resolved_datasets(self) -> list[Dataset]:
         return [_resolve_dataset(d, f"datasets.{i}")[0] for i, d in enumerate(self.datasets)]
@@ -292,6 +368,18 @@ def _semantic_errors(m: Manifest) -> list[str]:
     swept = m.axes.swept()
     if m.search.strategy == "grid" and m.search.order is not None:
         errors.append("search.order: only used with strategy 'greedy'")
+    if m.search.strategy == "grid" and m.search.sensitivity:
+        errors.append(
+            "search.sensitivity: only used with strategy 'greedy' (a grid already changes "
+            "every knob around every configuration)"
+        )
+    if m.trainer is not None:
+        from kdjax.sweep.plugin import resolve_trainer
+
+        try:
+            resolve_trainer(m.trainer, m.root)
+        except (ImportError, AttributeError, TypeError) as e:
+            errors.append(f"trainer: {e}")
     if m.search.strategy == "greedy" and m.search.order is not None:
         order = list(m.search.order)
         for j, a in enumerate(order):
@@ -327,4 +415,6 @@ def validate_manifest(raw: dict[str, Any], where: str = "manifest", root: Path |
     errors = _semantic_errors(m)
     if errors:
         raise ConfigError("\n".join([f"{where}: invalid manifest", *(f"  {e}" for e in errors)]))
+    for w in m.warnings():
+        log.warning("%s: %s", where, w)
     return m

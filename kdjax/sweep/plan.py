@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,14 +62,16 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def canonical_point(point: Point) -> Point | None:
+def canonical_point(point: Point, shared: dict[str, str] | None = None) -> Point | None:
     """The point as run: None for a baseline (alpha 0 ignores the other axes); tau_s equal
-    to tau_t is the same run as tau_s 'same'."""
+    to tau_t is the same run as tau_s 'same'; a distance in `shared` is run as the one it maps
+    to (`Manifest.shared_distances`)."""
     p = dict(zip(AXES, point, strict=True))
     if p["alpha"] == 0:
         return None
     if p["tau_s"] != "same" and float(p["tau_s"]) == float(p["tau_t"]):
         p["tau_s"] = "same"
+    p["distance"] = (shared or {}).get(p["distance"], p["distance"])
     return tuple(p[a] for a in AXES)
 
 
@@ -126,17 +129,32 @@ class Planner:
             "train": {**self.m.train_for(d.task), "seed": seed},
         }
 
-    def baseline(self, dataset: str, student: str, seed: int, stage: str | None = None) -> Run:
+    def baseline(
+        self,
+        dataset: str,
+        student: str,
+        seed: int,
+        stage: str | None = None,
+        learning_rate: float | None = None,
+    ) -> Run:
         """The no-KD run of a pair and seed: one run whatever the other axes say. It keeps the
-        teacher (first checkpoint) only to report student-teacher agreement."""
+        teacher (first checkpoint) only to report student-teacher agreement. `learning_rate`
+        overrides the training settings' (a tuned baseline, `baseline: {learning_rate: ...}`)."""
         spec = self._student(dataset, student, seed, self.m.axes.teacher[0], {"alpha": 0.0})
+        if learning_rate is not None:
+            spec["train"]["learning_rate"] = learning_rate
         meta = {"dataset": dataset, "student": student, "seed": seed, "stage": stage}
         return self._make("baseline", spec, teacher_run=self.teachers[dataset].run_id, **meta)
+
+    def baselines(self, pair: Pair, seed: int, stage: str | None = None) -> list[Run]:
+        """The pair's no-KD runs for `seed`: the untuned one, then one per manifest learning
+        rate (a rate equal to the training settings' is the untuned run)."""
+        return unique([self.baseline(*pair, seed, stage, lr) for lr in self.m.baseline_lrs()])
 
     def distill(
         self, dataset: str, student: str, point: Point, seed: int, stage: str | None = None
     ) -> Run:
-        p = canonical_point(point)
+        p = canonical_point(point, self.m.shared_distances())
         if p is None:
             return self.baseline(dataset, student, seed, stage)
         ckpt, distance, alpha, tau_t, tau_s = p
@@ -164,8 +182,7 @@ class Planner:
         values = [getattr(self.m.axes, a) for a in AXES]
         runs: dict[str, Run] = {}
         for (d, s), seed in itertools.product(self.pairs(), self.m.seeds):
-            if self.m.baseline:
-                r = self.baseline(d, s, seed)
+            for r in self.baselines((d, s), seed):
                 runs.setdefault(r.run_id, r)
             for point in itertools.product(*values):
                 r = self.distill(d, s, point, seed)
@@ -183,8 +200,8 @@ class Planner:
             for pair in best:
                 stage.options[pair] = {}
                 self._add(stage, pair, best[pair])
-                if self.m.baseline:
-                    stage.runs += [self.baseline(*pair, s, "0:baseline") for s in self.m.seeds]
+                for seed in self.m.seeds:
+                    stage.runs += self.baselines(pair, seed, "0:baseline")
             return stage
         axis = self.m.order()[k - 1]
         stage = Stage(f"{k}:{axis}", axis)
@@ -193,6 +210,87 @@ class Planner:
             stage.options[pair] = {}
             for v in getattr(self.m.axes, axis):
                 self._add(stage, pair, point[:i] + (v,) + point[i + 1 :])
+        return stage
+
+    def sensitivity_stage(self, best: dict[Pair, Point]) -> Stage:
+        """Around each pair's optimum (`best`), change one knob at a time: the optimum plus
+        sum(|axis| - 1) points per pair, every option then with the same tuning of the other
+        knobs. Runs already done (same run id) are reused, not rerun."""
+        stage = Stage("sensitivity", None)
+        for pair, point in best.items():
+            stage.options[pair] = {}
+            self._add(stage, pair, point)
+            for i, axis in enumerate(AXES):
+                for v in getattr(self.m.axes, axis):
+                    if v != point[i]:
+                        self._add(stage, pair, point[:i] + (v,) + point[i + 1 :])
+        return stage
+
+    def point_score(self, pair: Pair, point: Point, scores: dict[str, float]) -> float | None:
+        """Mean validation score of `point` on `pair` over its finished seeds (`scores`: run id
+        -> validation metric), or None when none finished."""
+        vals = [scores[i] for i in self._ids(pair, point) if i in scores]
+        return sum(vals) / len(vals) if vals else None
+
+    def _ids(self, pair: Pair, point: Point) -> list[str]:
+        return [self.distill(*pair, point, s).run_id for s in self.m.seeds]
+
+    def consensus(self, winners: dict[Pair, Point], scores: dict[str, float]) -> Point | None:
+        """The study's best by mean validation: axis by axis, the option whose one-knob
+        variants of the pairs' optima (`winners`) score highest on validation, averaged over
+        the pairs where every option of the axis finished (a paired comparison); an axis with
+        no such pair keeps the most frequent winner's option. None without winners."""
+        if not winners:
+            return None
+        modal = Counter(winners.values()).most_common(1)[0][0]
+        out = []
+        for i, axis in enumerate(AXES):
+            options = getattr(self.m.axes, axis)
+            table: dict[Any, list[float]] = {v: [] for v in options}
+            for pair, point in winners.items():
+                row = {v: self.point_score(pair, point[:i] + (v,) + point[i + 1 :], scores)
+                       for v in options}  # fmt: skip
+                if all(x is not None for x in row.values()):
+                    for v, x in row.items():
+                        table[v].append(x)
+            if not table[options[0]]:
+                out.append(modal[i])
+                continue
+            means = {v: sum(xs) / len(xs) for v, xs in table.items()}
+            out.append(max(options, key=lambda v: (means[v], v == modal[i])))
+        return tuple(out)
+
+    def transfer_candidates(
+        self, winners: dict[Pair, Point], scores: dict[str, float]
+    ) -> list[tuple[Point, list[str]]]:
+        """Single configurations worth running on every pair, each with why: the
+        `search.transfer_top_k` most frequent per-pair winners, the study's best by mean
+        validation (`consensus`) and the reference study's recommendation (teacher ll, distance
+        ce, tau_s 1, at the consensus' tau_t and alpha). Chosen on validation only."""
+        found: dict[Point, list[str]] = {}
+
+        def add(point: Point | None, why: str) -> None:
+            if point is not None:
+                found.setdefault(point, []).append(why)
+
+        counts = Counter(winners.values()).most_common(self.m.search.transfer_top_k)
+        for point, n in counts:
+            add(point, f"winner on {n} of {len(winners)} pairs")
+        best = self.consensus(winners, scores)
+        add(best, "best mean validation, axis by axis")
+        if best is not None:
+            ref = dict(zip(AXES, best, strict=True))
+            ref.update(teacher="ll", distance="ce", tau_s=1.0)
+            add(tuple(ref[a] for a in AXES), "reference study's recommendation")
+        return list(found.items())
+
+    def transfer_stage(self, candidates: list[tuple[Point, list[str]]]) -> Stage:
+        """Every candidate configuration on every pair and seed (runs done already reused)."""
+        stage = Stage("transfer", None)
+        for pair in self.pairs():
+            stage.options[pair] = {}
+            for point, _ in candidates:
+                self._add(stage, pair, point)
         return stage
 
     def _add(self, stage: Stage, pair: Pair, point: Point) -> None:

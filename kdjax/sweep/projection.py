@@ -91,11 +91,13 @@ def _rows(d, n: int | None) -> tuple[int, int] | None:
     return n, 2 * val  # test taken as large as validation
 
 
-def _student_runs(planner: Planner) -> list[tuple[Run, int]]:
+def _student_runs(planner: Planner, per_pair: int | None) -> list[tuple[Run, int]]:
     """One representative run per pair and how many runs of it the plan makes (exact for a
-    grid; for greedy the most it can)."""
+    grid; for greedy `per_pair`, the most it can, or counted from the axes)."""
     m = planner.m
-    if m.search.strategy == "grid":
+    if per_pair is not None:
+        counts = {p: per_pair for p in planner.pairs()}
+    elif m.search.strategy == "grid":
         counts: dict[tuple[str, str], int] = {}
         for r in planner.grid():
             counts[r.pair] = counts.get(r.pair, 0) + 1
@@ -108,7 +110,12 @@ def _student_runs(planner: Planner) -> list[tuple[Run, int]]:
 
 
 def project(
-    m: Manifest, workdir: str | Path, hw: Hardware, chips: int, sizes: dict[str, int]
+    m: Manifest,
+    workdir: str | Path,
+    hw: Hardware,
+    chips: int,
+    sizes: dict[str, int],
+    per_pair: int | None = None,
 ) -> dict[str, Any]:
     """Chip-hours per part (`hours`), `total`, `wall_h` on `chips`, the `dominant` part, and
     what was scaled (`notes`) or could not be projected (`missing`)."""
@@ -154,7 +161,7 @@ def project(
     if group > 1:
         notes.add(f"grouped: {group} per group, member-step time x{factor:.2f} (measured K="
                   f"{measured_k}, L4/H256; applied to every student)")  # fmt: skip
-    for run, count in _student_runs(planner):
+    for run, count in _student_runs(planner, per_pair):
         cfg, d = run.config, planner.datasets[run.dataset]
         n = _rows(d, sizes.get(run.dataset))
         if n is None:

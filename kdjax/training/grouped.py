@@ -36,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from kdjax.config import RunConfig
+from kdjax.data.cache import cache_root
 from kdjax.data.dataset import build_dataset
 from kdjax.data.sources import resolve_checkpoint
 from kdjax.distributed import is_main
@@ -209,7 +210,7 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
     after its last finished epoch (it starts over if its members stopped at different ones)."""
     cfgs = list(cfgs)
     _check_group(cfgs)
-    from transformers import AutoTokenizer
+    from kdjax.models.tokenizer import load_tokenizer
 
     start, size, cfg0, tc = time.time(), len(cfgs), cfgs[0], cfgs[0].train
 
@@ -218,9 +219,10 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
     rep = param_sharding(mesh)
     ckpts = sorted({c.teacher_checkpoint for c in cfgs})
     t_model_dir = [teacher_paths(cfg0.teacher, c)[0] for c in ckpts][0]
-    tokenizer = AutoTokenizer.from_pretrained(str(loop.tokenizer_source(cfg0.model)))
+    tokenizer = load_tokenizer(loop.tokenizer_source(cfg0.model))
     task = get_task(cfg0.task)
-    ds = build_dataset(cfg0.data, tokenizer, cfg0.task, seed=cfg0.data.split.seed)
+    ds = build_dataset(cfg0.data, tokenizer, cfg0.task, seed=cfg0.data.split.seed,
+                       cache_dir=cache_root(cfg0.cache_dir, cfg0.output_dir))  # fmt: skip
     loop._check_teacher(t_model_dir, cfg0, ds, tokenizer)
     runs = [RunDir(c.output_dir, c.model_dump(mode="json")) for c in cfgs]
 
@@ -262,6 +264,7 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
         metrics = task.evaluate(logits, enc, ds.labels, teacher)
         if diagnose:
             metrics["diagnostics"] = diagnostics(task, logits, teacher, enc)
+            metrics["outcomes"] = task.outcomes(logits, enc, ds.labels)
         return metrics
 
     # 4. Resume after the members' last finished epoch when they all reached the same one.

@@ -1,15 +1,17 @@
-"""On-disk cache of a teacher's logits, shared by every distillation run.
+"""On-disk caches of arrays built once and shared by every run: teacher logits, tokenised data.
 
-The teacher's raw float32 logits for each split are computed once and stored under
-``root/<key[:16]>/``, where the key is a sha256 of everything that determines them (the
-caller's ``inputs`` dict plus :data:`FORMAT_VERSION`). One entry is a directory holding one
-``<name>.npy`` per array and a ``manifest.json`` written last. Entries are built in a
-temporary sibling directory and renamed into place, so a killed writer never leaves a
-directory that reads as valid; every read checks the manifest and the arrays' sha256.
+Each entry is computed once and stored under ``root/<key[:16]>/``, where the key is a sha256
+of everything that determines it (the caller's ``inputs`` dict plus :data:`FORMAT_VERSION`).
+One entry is a directory holding one ``<name>.npy`` per array and a ``manifest.json`` written
+last (which may also carry a JSON ``extra`` payload, hashed like the arrays). Entries are
+built in a temporary sibling directory and renamed into place, so a killed writer never leaves
+a directory that reads as valid; every read checks the manifest and the arrays' sha256.
 Concurrent processes serialise check-and-build on a per-key ``flock``, so one builds and the
 others wait and then load its result.
 
-The module knows nothing about models: callers pass the key inputs and a build function.
+`ArrayCache` keeps each array's dtype (object arrays are refused: no pickle); `LogitCache`
+stores float32 and refuses non-finite values. The module knows nothing about models: callers
+pass the key inputs and a build function.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "CacheError", "LogitCache"]
+__all__ = ["FORMAT_VERSION", "ArrayCache", "CacheError", "LogitCache"]
 
 FORMAT_VERSION = 1
 
@@ -111,11 +113,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-class LogitCache:
-    """A directory of teacher-logit entries, one per distinct set of key inputs."""
+def _extra_sha256(extra: Any) -> str:
+    return hashlib.sha256(_canonical_any(extra).encode()).hexdigest()
 
-    def __init__(self, root: str | Path) -> None:
+
+def _canonical_any(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class ArrayCache:
+    """A directory of entries of named arrays (plus optional JSON), one per set of key inputs."""
+
+    label = "array cache"
+
+    def __init__(self, root: str | Path, *, label: str | None = None) -> None:
         self.root = Path(root)
+        self.label = label or type(self).label  # names the cache in log messages
 
     # ------------------------------------------------------------------ keys and paths
 
@@ -169,6 +182,12 @@ class LogitCache:
         arrays = manifest.get("arrays")
         if not isinstance(arrays, dict) or not arrays:
             return "corrupt: manifest lists no arrays"
+        if "extra" in manifest:
+            try:
+                if _extra_sha256(manifest["extra"]) != manifest.get("extra_sha256"):
+                    return "corrupt: extra sha256 mismatch"
+            except (TypeError, ValueError):
+                return "corrupt: unreadable extra"
         for name, meta in arrays.items():
             reason = self._check_array(entry, name, meta, hashes=hashes)
             if reason is not None:
@@ -215,12 +234,13 @@ class LogitCache:
     # ------------------------------------------------------------------ reading and building
 
     @staticmethod
-    def _load(entry: Path) -> dict[str, np.ndarray]:
+    def _load(entry: Path) -> tuple[dict[str, np.ndarray], Any]:
         manifest = json.loads((entry / _MANIFEST).read_text())
-        return {
-            name: np.load(entry / meta["file"], mmap_mode="r")
+        arrays = {
+            name: np.load(entry / meta["file"], mmap_mode="r", allow_pickle=False)
             for name, meta in manifest["arrays"].items()
         }
+        return arrays, manifest.get("extra")
 
     def get_or_build(
         self,
@@ -235,6 +255,17 @@ class LogitCache:
         A stale or corrupt entry is reported through ``log`` (default: this module's logger at
         warning level) before it is replaced.
         """
+        return self.get_or_build_extra(inputs, lambda: (build(), None), log=log)[0]
+
+    def get_or_build_extra(
+        self,
+        inputs: dict,
+        build: Callable[[], tuple[dict[str, np.ndarray], Any]],
+        *,
+        log: Callable[[str], None] | None = None,
+    ) -> tuple[dict[str, np.ndarray], Any]:
+        """As `get_or_build`, for a ``build()`` that returns (arrays, extra): ``extra`` is JSON
+        data stored (and checked) with the arrays; returns (arrays, extra)."""
         log = log if log is not None else _LOG.warning
         key = self.key(inputs)
         norm = _normalise(inputs)
@@ -254,9 +285,9 @@ class LogitCache:
             if reason is None:
                 return self._load(entry)
             if reason == "missing":
-                _LOG.info("teacher logit cache %s: missing; building", entry)
+                _LOG.info("%s %s: missing; building", self.label, entry)
             else:
-                log(f"teacher logit cache {entry}: {reason}; rebuilding")
+                log(f"{self.label} {entry}: {reason}; rebuilding")
             self._clean_stale(key[:16])
             if entry.exists():
                 self._discard(entry)
@@ -264,9 +295,10 @@ class LogitCache:
             return self._load(entry)
 
     def _build(
-        self, entry: Path, key: str, inputs: dict, build: Callable[[], dict[str, np.ndarray]]
+        self, entry: Path, key: str, inputs: dict, build: Callable[[], tuple[dict, Any]]
     ) -> None:
-        arrays = self._validated(build())
+        built, extra = build()
+        arrays = self._validated(built)
         tmp = self.root / f".tmp-{key[:16]}-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:
@@ -294,39 +326,45 @@ class LogitCache:
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 "bytes": total,
             }
+            if extra is not None:
+                manifest["extra"] = json.loads(_canonical_any(extra))
+                manifest["extra_sha256"] = _extra_sha256(manifest["extra"])
             # The manifest goes last: a directory without one is never taken as an entry.
             with open(tmp / _MANIFEST, "w") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
-            os.rename(tmp, entry)
+            try:
+                os.rename(tmp, entry)
+            except OSError as e:
+                # Another host on a shared filesystem without working flock got there first.
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                if self._check(entry, key, inputs) is not None:
+                    raise
+                shutil.rmtree(tmp, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         _fsync_dir(self.root)
 
-    @staticmethod
-    def _validated(arrays: Any) -> dict[str, np.ndarray]:
+    def _validated(self, arrays: Any) -> dict[str, np.ndarray]:
         if not isinstance(arrays, dict) or not arrays:
-            raise CacheError("teacher logit build must return a non-empty dict of arrays")
+            raise CacheError(f"{self.label} build must return a non-empty dict of arrays")
         out = {}
         for name, arr in arrays.items():
             if not isinstance(name, str) or not _NAME_RE.match(name) or name == "manifest":
-                raise CacheError(f"teacher logit array name {name!r} is not a safe file name")
-            try:
-                # Overflow is reported below as a CacheError, so numpy's warning is noise.
-                with np.errstate(over="ignore"):
-                    a = np.ascontiguousarray(arr, dtype=np.float32)
-            except (TypeError, ValueError) as e:
-                raise CacheError(f"teacher logits {name!r} are not numeric: {e}") from e
-            # Checked after the cast, since float64 values beyond float32 range become inf.
-            if not np.isfinite(a).all():
-                raise CacheError(
-                    f"teacher logits {name!r} contain NaN/inf; refusing to cache a broken teacher"
-                )
-            out[name] = a
+                raise CacheError(f"{self.label}: array name {name!r} is not a safe file name")
+            out[name] = self._prepared(name, arr)
         return out
+
+    @staticmethod
+    def _prepared(name: str, arr: Any) -> np.ndarray:
+        a = np.ascontiguousarray(arr)
+        if a.dtype.hasobject:
+            raise CacheError(f"array {name!r} holds Python objects; only plain dtypes are cached")
+        return a
 
     def _discard(self, entry: Path) -> None:
         """Remove an entry; renaming it aside first keeps a concurrent reader from seeing a
@@ -412,3 +450,24 @@ class LogitCache:
             existed = entry.exists()
             self._discard(entry)
         return existed
+
+
+class LogitCache(ArrayCache):
+    """A directory of teacher-logit entries: float32, finite, one per set of key inputs."""
+
+    label = "teacher logit cache"
+
+    @staticmethod
+    def _prepared(name: str, arr: Any) -> np.ndarray:
+        try:
+            # Overflow is reported below as a CacheError, so numpy's warning is noise.
+            with np.errstate(over="ignore"):
+                a = np.ascontiguousarray(arr, dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            raise CacheError(f"teacher logits {name!r} are not numeric: {e}") from e
+        # Checked after the cast, since float64 values beyond float32 range become inf.
+        if not np.isfinite(a).all():
+            raise CacheError(
+                f"teacher logits {name!r} contain NaN/inf; refusing to cache a broken teacher"
+            )
+        return a

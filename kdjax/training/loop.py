@@ -26,11 +26,13 @@ from tqdm.auto import tqdm
 
 import kdjax
 from kdjax.config import ModelInit, RunConfig
+from kdjax.data.cache import cache_root
 from kdjax.data.dataset import Dataset, build_dataset
 from kdjax.data.sources import resolve_checkpoint
 from kdjax.distributed import is_main
 from kdjax.models import from_pretrained, from_teacher_layers, random_student, save_pretrained
 from kdjax.models.config import EncoderConfig
+from kdjax.models.hf import teacher_head_problem
 from kdjax.tasks import get_task
 from kdjax.training.batching import epoch_batches, prefetch, take
 from kdjax.training.diagnostics import diagnostics
@@ -41,7 +43,7 @@ from kdjax.training.mesh import (
     param_sharding,
     put_batch,
 )
-from kdjax.training.run_dir import RunDir, restore_params
+from kdjax.training.run_dir import OUTCOMES_FILE, RunDir, restore_params
 from kdjax.training.step import (
     init_state,
     kd_hparams,
@@ -116,6 +118,9 @@ def build_student(init: ModelInit, task: str, labels, seed: int, sharding):
 def _check_teacher(model_dir: Path, cfg: RunConfig, ds: Dataset, tokenizer) -> None:
     """Fail before compute when the teacher cannot teach this student on this data."""
     hf = json.loads((model_dir / "config.json").read_text())
+    problem = teacher_head_problem(hf, cfg.task)
+    if problem:
+        raise ValueError(f"teacher: {model_dir} {problem}")
     names = [hf.get("id2label", {}).get(str(i)) for i in range(len(hf.get("id2label", {})))]
     if cfg.task != "extractive_qa" and names != list(ds.labels):
         raise ValueError(
@@ -139,7 +144,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     kd = cfg.kd if cfg.teacher else None
 
     # 1. Inputs. Everything that can be wrong with them is checked before any training.
-    from transformers import AutoTokenizer
+    from kdjax.models.tokenizer import load_tokenizer
 
     mesh = make_mesh(cfg.mesh)
     rep = param_sharding(mesh)  # replicated unless mesh.fsdp > 1
@@ -162,9 +167,10 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
             rows - tc.batch_size,
         )
     t_model_dir = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)[0] if cfg.teacher else None
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_source(cfg.model)))
+    tokenizer = load_tokenizer(tokenizer_source(cfg.model))
     task = get_task(cfg.task)
-    ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed)
+    ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed,
+                       cache_dir=cache_root(cfg.cache_dir, cfg.output_dir))  # fmt: skip
     if t_model_dir is not None:
         _check_teacher(t_model_dir, cfg, ds, tokenizer)
     run = RunDir(cfg.output_dir, cfg.model_dump(mode="json"))
@@ -200,6 +206,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         metrics = task.evaluate(logits, enc, ds.labels, t_logits.get(split))
         if diagnose:
             metrics["diagnostics"] = diagnostics(task, logits, t_logits.get(split), enc)
+            metrics["outcomes"] = task.outcomes(logits, enc, ds.labels)
         return metrics
 
     # 4. Resume from the last finished epoch, if this run was interrupted.
@@ -280,7 +287,8 @@ def finish(cfg: RunConfig, run: RunDir, host: dict[str, Any], params, graphdef, 
            *, test: Callable[[Any], dict[str, Any]], steps: int, resumed_after: int | None,
            devices: int, train_time_s: float) -> dict[str, Any]:  # fmt: skip
     """A trained run's result: restores its ll then hs checkpoint into `params` (hs stays),
-    records both, tests hs with `test(params)` (metrics plus `diagnostics`) and exports it."""
+    records both, tests hs with `test(params)` (metrics plus `diagnostics` and per-example
+    `outcomes`, kept as `test_outcomes` and in `test_outcomes.json`) and exports it."""
     checkpoints = {}
     for which in ("ll", "hs"):  # hs last: its params stay in `params` for the export
         restore_params(run.dir, which, params)
@@ -316,4 +324,7 @@ def finish(cfg: RunConfig, run: RunDir, host: dict[str, Any], params, graphdef, 
     }
     save_pretrained(nnx.merge(graphdef, params), run.dir / "model", tokenizer=tokenizer)
     result["diagnostics"] = result["test"].pop("diagnostics")
+    # Per-example outcomes (correct or score per test example) for paired tests between runs.
+    result["test_outcomes"] = result["test"].pop("outcomes")
+    run.write_text(OUTCOMES_FILE, json.dumps(result["test_outcomes"], separators=(",", ":")))
     return result

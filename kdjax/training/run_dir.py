@@ -25,6 +25,7 @@ from kdjax.distributed import is_main, sync
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("hs", "ll")
+OUTCOMES_FILE = "test_outcomes.json"  # per-example test outcomes: {"ids": [...], "values": [...]}
 
 
 def _manager(path: Path) -> ocp.CheckpointManager:

@@ -1,28 +1,34 @@
 """The teacher of a distillation run: where it is, which checkpoint, and its logits.
 
-The teacher is fixed and in eval mode, so on a fixed tokenisation its logits are a
-deterministic function of (teacher params, data, tokenisation). In `cached` mode they are
-computed once per split and stored raw (float32, temperature-free) by `LogitCache`, keyed by
-all of those, and shared by every run and student size that needs them.
+The teacher is fixed and in eval mode, so its logits are a deterministic function of (teacher
+params, tokenised rows). In `cached` mode they are computed once per split and stored raw
+(float32, temperature-free) by `LogitCache`, keyed by the teacher's parameter hash and the
+content hash of each split's tokenised rows (`Dataset.rows_sha256`), and shared by every run
+and student size that needs them. A data file changed in place, even to the same rows in
+another order, is other content and gets its own entry; on every read the entry's row counts
+and sequence length are checked against the dataset as well.
+
+In a multi-process (`jax.distributed`) run the processes compute a missing entry together
+(one teacher pass), process 0 writes it, and every process memory-maps it (or, when the
+cache directory is not shared, keeps the computed logits).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
 
 from kdjax.config import RunConfig
+from kdjax.data.cache import tokenizer_id
 from kdjax.data.sources import resolve_checkpoint
+from kdjax.distributed import is_main, sync
 from kdjax.models import from_pretrained
 from kdjax.training.evaluate import predict_logits
-from kdjax.training.logit_cache import LogitCache
+from kdjax.training.logit_cache import CacheError, LogitCache
 from kdjax.training.run_dir import restore_params
 from kdjax.training.step import make_predict
 
@@ -31,11 +37,21 @@ SPLITS = ("train", "validation", "test")
 
 def teacher_paths(teacher: str, checkpoint: str) -> tuple[Path, Path | None]:
     """(HF model directory, teacher run directory or None) for a run dir or a checkpoint."""
+    from kdjax.models.hub import looks_like_hub_id
+
     path = Path(teacher)
-    if not path.exists() and (os.sep in teacher or teacher.startswith(".")):
+    if not path.exists() and not looks_like_hub_id(teacher):
         raise FileNotFoundError(
             f"teacher: {path} does not exist; fine-tune the teacher first (`kdjax finetune`)"
         )
+    if not path.exists():  # a hub id: a fine-tuned checkpoint whose head matches the labels
+        try:
+            return resolve_checkpoint(teacher), None
+        except FileNotFoundError as e:
+            raise FileNotFoundError(
+                f"teacher: {teacher} does not exist locally; fine-tune the teacher first "
+                f"(`kdjax finetune`), or name a fine-tuned hub checkpoint ({e})"
+            ) from None
     if (path / "checkpoints").is_dir() or (path / "config.yaml").is_file():
         if not (path / "model" / "config.json").is_file():
             raise FileNotFoundError(
@@ -75,25 +91,43 @@ def params_sha256(params) -> str:
     return h.hexdigest()
 
 
-def _tokenizer_id(tokenizer) -> dict[str, Any]:
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), separators=(",", ":"))
-    return {
-        "class": type(tokenizer).__name__,
-        "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest(),
-        "lowercase": getattr(tokenizer, "do_lower_case", None),
-    }
-
-
 def cache_inputs(cfg: RunConfig, teacher_sha256: str, tokenizer, ds) -> dict:
-    """Everything that determines the teacher's logits on this run's rows."""
-    data = cfg.data.model_dump(mode="json")
-    seq_lens = {s: ds.splits[s].seq_len for s in SPLITS}
+    """Everything that determines the teacher's logits on this run's rows: its parameters, the
+    task (the head's output layout) and each split's tokenised rows, by content."""
     return {
         "teacher_sha256": teacher_sha256,
         "task": cfg.task,
-        "dataset": data,
-        "tokenization": {**_tokenizer_id(tokenizer), "seq_len": seq_lens},
+        "rows": {s: len(ds.splits[s]) for s in SPLITS},
+        "rows_sha256": {s: ds.rows_sha256[s] for s in SPLITS},
+        "tokenization": {
+            **tokenizer_id(tokenizer),
+            "seq_len": {s: ds.splits[s].seq_len for s in SPLITS},
+        },
     }
+
+
+def checked(logits: dict[str, np.ndarray], ds, where: Path) -> dict[str, np.ndarray]:
+    """`logits` after checking that they line up with `ds`'s rows (count and sequence length);
+    a mismatch is a CacheError, never training on another row's targets."""
+    for s in SPLITS:
+        enc, z = ds.splits[s], logits.get(s)
+        ok = z is not None and len(z) == len(enc) and (z.ndim == 2 or z.shape[1] == enc.seq_len)
+        if not ok:
+            got = "none" if z is None else f"shape {list(z.shape)}"
+            raise CacheError(
+                f"teacher logit cache {where}: {s} logits ({got}) do not line up with the "
+                f"{len(enc)} rows x {enc.seq_len} tokens of the data; delete the entry"
+            )
+    return logits
+
+
+def _all_processes(flag: bool) -> bool:
+    """Whether `flag` holds on every process (a collective in a multi-process run)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(int(flag), np.int32))))
 
 
 def default_cache_dir(cfg: RunConfig) -> Path:
@@ -119,14 +153,16 @@ def teacher_logits(cfg: RunConfig, labels, ds, tokenizer, mesh, batch_size: int,
     validation and test logits (for agreement)."""
     model_dir, run = teacher_paths(cfg.teacher, cfg.teacher_checkpoint)
     multi = jax.process_count() > 1
-    cache = inputs = None
-    if cfg.teacher_mode == "cached" and not multi:
+    cache = LogitCache(default_cache_dir(cfg))
+    inputs = None
+    never = lambda: {}  # only called for an entry that turned invalid; the result is refused
+    if cfg.teacher_mode == "cached":
         digest = checkpoint_sha256(run, cfg.teacher_checkpoint) if run is not None else None
         if digest is not None:
-            cache = LogitCache(default_cache_dir(cfg))
             inputs = cache_inputs(cfg, digest, tokenizer, ds)
-            if cache.verify(inputs) is None:
-                return cache.get_or_build(inputs, lambda: {}), None
+        valid = inputs is not None and cache.verify(inputs) is None
+        if _all_processes(valid):  # every process agrees, so all or none call the teacher
+            return checked(cache.get_or_build(inputs, never), ds, cache.path(inputs)), None
     teacher = load_teacher(cfg, labels, sharding)
     graphdef, params = nnx.split(teacher)
     predict = make_predict(graphdef)
@@ -140,11 +176,19 @@ def teacher_logits(cfg: RunConfig, labels, ds, tokenizer, mesh, batch_size: int,
 
     if cfg.teacher_mode == "online":  # the step runs the teacher; evaluation needs these two
         return build(("validation", "test")), teacher
-    if multi:
-        # Several processes compute the logits together (one teacher pass per split): a cache
-        # on one host's disk cannot be read by the others.
-        return build(), None
     if inputs is None:
-        cache = LogitCache(default_cache_dir(cfg))
         inputs = cache_inputs(cfg, params_sha256(params), tokenizer, ds)
-    return cache.get_or_build(inputs, build), None
+    where = cache.path(inputs)
+    if not multi:
+        return checked(cache.get_or_build(inputs, build), ds, where), None
+    if _all_processes(cache.verify(inputs) is None):
+        return checked(cache.get_or_build(inputs, never), ds, where), None
+    # One teacher pass, computed by all processes together; process 0 writes the entry and,
+    # where the cache directory is shared, every process then maps it instead of holding a copy.
+    logits = build()
+    if is_main():
+        cache.get_or_build(inputs, lambda: logits)
+    sync("kdjax-teacher-logits")
+    if cache.verify(inputs) is None:
+        return checked(cache.get_or_build(inputs, never), ds, where), None
+    return checked(logits, ds, where), None

@@ -1,0 +1,256 @@
+"""One configuration for every pair, with evidence; and the KD gain, fairly.
+
+The single configuration is chosen on validation among the configurations run on EVERY active
+pair (under greedy, the transfer stage makes these), by the smallest mean validation regret
+(pair's best validation score minus the configuration's). Its regret on test against each
+pair's own validation-chosen best is reported with intervals, and again leave-one-dataset-out:
+chosen without dataset d, scored on d. The reference study's recommendation (ll, ce, tau_s 1 at
+the study's best tau_t) is compared with it when it was run everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from kdjax.analysis.configs import Config, Pair
+from kdjax.analysis.effects import AxisEffect, config_dict
+from kdjax.analysis.load import Cell, Study
+from kdjax.analysis.stats import (
+    PTS,
+    PairContrast,
+    Test,
+    compare_cells,
+    mde_from_se,
+    within_pairs,
+)
+
+REFERENCE = {"teacher_checkpoint": "ll", "distance": "ce", "tau_s": 1.0}
+
+
+def universal(study: Study, pairs: list[Pair]) -> list[Config]:
+    """Configurations run (finished) on every pair in `pairs`, in ledger order."""
+    if not pairs:
+        return []
+    return [c for c in study.configs if all(c in study.candidates(p) for p in pairs)]
+
+
+def _val_regret(study: Study, c: Config, pairs: list[Pair]) -> float:
+    out = []
+    for p in pairs:
+        cells = study.candidates(p)
+        out.append(cells[study.best(p)].val_mean - cells[c].val_mean)
+    return float(np.mean(out))
+
+
+def choose(study: Study, pairs: list[Pair], among: list[Config]) -> Config | None:
+    """The configuration in `among` with the smallest mean validation regret on `pairs`."""
+    if not among or not pairs:
+        return None
+    return min(among, key=lambda c: _val_regret(study, c, pairs))  # ties: ledger order
+
+
+def regrets(study: Study, c: Config, pairs: list[Pair]) -> dict[Pair, PairContrast]:
+    """Per pair: the pair's validation-best configuration minus `c`, on test, by seed."""
+    out = {}
+    for p in pairs:
+        cells = study.candidates(p)
+        out[p] = PairContrast(p[0], cells[study.best(p)], cells[c])
+    return out
+
+
+def _interval(t: Test) -> list[float | None]:
+    if t.lo is None:
+        return [None, None]
+    return [t.lo * PTS, t.hi * PTS]
+
+
+def _kind(t: Test) -> str:
+    return {
+        "pairs": "95% CI, Student-t over pairs",
+        "examples": "95% CI, these pairs only (paired bootstrap over test examples)",
+        "identical": "exact (identical runs)",
+    }.get(t.level, t.reason or "no interval")
+
+
+def _pair_test(c: PairContrast, n_boot: int, seed: int) -> Test:
+    """One pair's contrast: test-example noise when recorded, else Student-t over seeds."""
+    t = within_pairs([c], n_boot, seed)
+    if t.level != "none":
+        return t
+    from scipy import stats
+
+    x = np.asarray(list(c.by_seed.values()))
+    if len(x) < 2 or np.all(x == x[0]):
+        return t
+    res = stats.ttest_1samp(x, 0.0)
+    ci = res.confidence_interval(0.95)
+    se = float(x.std(ddof=1) / np.sqrt(len(x)))
+    return Test(
+        float(x.mean()), float(ci.low), float(ci.high), float(res.pvalue), se,
+        mde_from_se(se, len(x) - 1), 1, "seeds",
+    )  # fmt: skip
+
+
+def _tau_t_best(study: Study, axes: dict[str, AxisEffect], among: list[Config]) -> Any:
+    if "tau_t" in axes and axes["tau_t"].best is not None:
+        return axes["tau_t"].best
+    taus = [c["tau_t"] for c in among]
+    return taus[0] if taus else None
+
+
+def recommend(
+    study: Study,
+    pairs: list[Pair],
+    axes: dict[str, AxisEffect],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The recommendation.json content (regrets in points; positive = worse than the pair's
+    own best)."""
+    among = universal(study, pairs)
+    best = choose(study, pairs, among)
+    out: dict[str, Any] = {
+        "config": None,
+        "chosen_on": "validation",
+        "reported_on": "test",
+        "units": "points",
+        "n_pairs": len(pairs),
+        "n_candidates": len(among),
+    }
+    if best is None:
+        out["reason"] = (
+            "no configuration finished on every pair (under greedy, the transfer stage runs "
+            "candidate configurations on every pair)"
+        )
+        return out
+    reg = regrets(study, best, pairs)
+    mean_t = compare_cells(list(reg.values()), n_boot, seed)
+    worst = max(reg, key=lambda p: reg[p].mean)
+    worst_t = _pair_test(reg[worst], n_boot, seed)
+    out |= {
+        "config": config_dict(best),
+        "label": best.label(),
+        "mean_regret": float(np.mean([c.mean for c in reg.values()])) * PTS,
+        "mean_regret_interval": _interval(mean_t),
+        "mean_regret_interval_kind": _kind(mean_t),
+        "worst_regret": reg[worst].mean * PTS,
+        "worst_pair": f"{worst[0]}/{worst[1]}",
+        "worst_regret_interval": _interval(worst_t),
+        "worst_regret_interval_kind": _kind(worst_t)
+        if worst_t.level != "seeds"
+        else "95% CI, Student-t over this pair's seeds",
+        "per_pair_regret": {f"{p[0]}/{p[1]}": c.mean * PTS for p, c in reg.items()},
+        "leave_one_dataset_out": leave_one_dataset_out(study, pairs, among),
+        "reference": reference(study, pairs, among, best, axes, n_boot, seed),
+    }
+    return out
+
+
+def leave_one_dataset_out(
+    study: Study, pairs: list[Pair], among: list[Config]
+) -> list[dict[str, Any]]:
+    """Per dataset d: the configuration chosen on validation without d, its test regret on d."""
+    out = []
+    datasets = list(dict.fromkeys(p[0] for p in pairs))
+    if len(datasets) < 2:
+        return out
+    for d in datasets:
+        rest = [p for p in pairs if p[0] != d]
+        c = choose(study, rest, among)
+        on_d = regrets(study, c, [p for p in pairs if p[0] == d])
+        out.append(
+            {
+                "dataset": d,
+                "config": config_dict(c),
+                "regret": float(np.mean([x.mean for x in on_d.values()])) * PTS,
+            }
+        )
+    return out
+
+
+def reference(
+    study: Study,
+    pairs: list[Pair],
+    among: list[Config],
+    best: Config,
+    axes: dict[str, AxisEffect],
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The reference study's recommendation at this study's best tau_t, against ours."""
+    tau_t = _tau_t_best(study, axes, among)
+    want = {**REFERENCE, "tau_t": tau_t}
+    out: dict[str, Any] = {
+        "config": {"teacher": "ll", "distance": "ce", "tau_t": tau_t, "tau_s": 1.0},
+        "source": "Sultan et al. 2024 (arXiv 2401.06356): ll teacher, ce, tau_s 1",
+    }
+    matches = [c for c in among if all(c.has(a, v) for a, v in want.items() if v is not None)]
+    if not matches:
+        out["run_everywhere"] = False
+        out["reason"] = "not run on every pair: no regret can be compared"
+        return out
+    ref = choose(study, pairs, matches)  # the alpha (and the rest) chosen on validation
+    reg = regrets(study, ref, pairs)
+    cells = {p: study.candidates(p) for p in pairs}
+    diff = {p: PairContrast(p[0], cells[p][best], cells[p][ref]) for p in pairs}
+    t = compare_cells(list(diff.values()), n_boot, seed)
+    out |= {
+        "run_everywhere": True,
+        "config": config_dict(ref),
+        "mean_regret": float(np.mean([c.mean for c in reg.values()])) * PTS,
+        "worst_regret": max(c.mean for c in reg.values()) * PTS,
+        "difference": t.estimate * PTS,
+        "difference_interval": _interval(t),
+        "difference_meaning": "recommended minus reference, test points (positive: ours better)",
+        "verdict": t.verdict(),
+    }
+    return out
+
+
+@dataclass
+class Gain:
+    """KD against no KD on one pair: the default KD configuration against the untuned
+    baseline, and the pair's validation-best KD against the validation-best baseline."""
+
+    pair: Pair
+    default: PairContrast | None
+    default_test: Test | None
+    best: PairContrast | None
+    best_test: Test | None
+    baseline_lr: float | None  # the tuned baseline's learning rate
+
+
+def _best_baseline(study: Study, pair: Pair) -> tuple[Cell | None, float | None]:
+    by_lr = study.baselines.get(pair, {})
+    if not by_lr:
+        return study.baseline(pair), None
+    lr = max(by_lr, key=lambda k: by_lr[k].val_mean)
+    return by_lr[lr], lr
+
+
+def kd_gain(study: Study, pairs: list[Pair], n_boot: int = 1000, seed: int = 0) -> list[Gain]:
+    """Per pair, paired tests of KD against no KD (test-example noise, else seeds)."""
+    out = []
+    default = dict(study.default)
+    for p in pairs:
+        cells = {c: x for c, x in study.cells.get(p, {}).items() if not c.is_baseline}
+        base = study.baseline(p)
+        dflt = next((c for c in cells if all(c.has(a, v) for a, v in default.items())), None)
+        d = PairContrast(p[0], cells[dflt], base) if dflt and base else None
+        kd_best = max(cells, key=lambda c: cells[c].val_mean) if cells else None
+        tuned, lr = _best_baseline(study, p)
+        b = PairContrast(p[0], cells[kd_best], tuned) if kd_best and tuned else None
+        out.append(
+            Gain(
+                p,
+                d if d and d.seeds else None,
+                _pair_test(d, n_boot, seed) if d and d.seeds else None,
+                b if b and b.seeds else None,
+                _pair_test(b, n_boot, seed) if b and b.seeds else None,
+                lr,
+            )
+        )
+    return out
