@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 
@@ -147,9 +148,13 @@ def measure(path, batch_size: int, seq: int, steps: int, rounds: int) -> dict:
     for run in sides.values():
         run(2)  # compile / warm up
     per_step: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, float] = dict.fromkeys(sides, 0.0)  # process CPU seconds while each side ran
     for _ in range(rounds):
         for name, run in sides.items():
+            used = resource.getrusage(resource.RUSAGE_SELF)
             per_step[name].append(run(steps) / steps)
+            now = resource.getrusage(resource.RUSAGE_SELF)
+            cpu[name] += now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     eps = {name: batch_size / statistics.median(t) for name, t in per_step.items()}
     ratios = [p / k for k, p in zip(per_step["kdjax"], per_step["pytorch"], strict=True)]
     return {
@@ -167,6 +172,10 @@ def measure(path, batch_size: int, seq: int, steps: int, rounds: int) -> dict:
         "ratio_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
         "kdjax_step_s": [round(t, 4) for t in per_step["kdjax"]],
         "pytorch_step_s": [round(t, 4) for t in per_step["pytorch"]],
+        # CPU seconds per step: less sensitive to other load than wall time, but it counts
+        # threads spinning while they wait for work.
+        "kdjax_cpu_s_per_step": round(cpu["kdjax"] / (rounds * steps), 4),
+        "pytorch_cpu_s_per_step": round(cpu["pytorch"] / (rounds * steps), 4),
         "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
