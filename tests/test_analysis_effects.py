@@ -152,8 +152,10 @@ def test_choices_are_made_on_validation_not_test():
     assert r.recommendation["mean_regret"] == pytest.approx(0.0, abs=0.4)  # pairs chose mse too
 
 
-def _calibration_study(rng, n_pairs, seed_sd, spread):
-    """One planted study: ce vs mse, mse's true effect mu + N(0, spread) per pair."""
+def _calibration_study(rng, n_pairs, seed_sd, spread, contrasts=None):
+    """One planted study: ce vs mse, mse's true effect mu + N(0, spread) per pair. The non-best
+    option's test and the truth it estimates; its pair contrasts go into `contrasts` (a list)
+    when one is given."""
     mu = -0.01
     pairs = [(f"d{i}", "s") for i in range(n_pairs)]
     delta = {p: mu + rng.normal(0, spread) for p in pairs}
@@ -169,6 +171,8 @@ def _calibration_study(rng, n_pairs, seed_sd, spread):
     sim.grid()
     eff = axis_effect(study_from_rows(sim.rows, sim.manifest("grid")), "distance", pairs)
     row = next(o for o in eff.options if not o.is_best)
+    if contrasts is not None:
+        contrasts.extend(row.contrasts.values())
     truth_pairs = mu if n_pairs >= 5 else float(np.mean(list(delta.values())))
     want = truth_pairs if row.option == "mse" else -truth_pairs
     return row.test, want
@@ -236,7 +240,7 @@ def test_stuck_pair_is_reported_apart_and_teacher_checkpoints_equal():
     )  # fmt: skip
     r = analyse(study_from_rows(sim.rows, sim.manifest("greedy")))
     assert list(r.stuck) == [stuck] and stuck not in r.active
-    assert "never moves" in r.stuck[stuck]
+    assert "never moves" in r.stuck[stuck] and "so does every no-KD run" in r.stuck[stuck]
     assert all(o.n_pairs <= len(PAIRS) - 1 for e in r.axes.values() for o in e.options)
     assert r.recommendation["n_pairs"] == len(PAIRS) - 1
     assert any("hs and ll are the same epoch on d1" in n for n in r.equivalences)

@@ -114,12 +114,14 @@ def _cached_check(cfg, columns: dict[str, str], why: str) -> Result | None:
     """Offline: validate from the parquet schemas in the local hub cache (None: not cached)."""
     import pyarrow.parquet as pq
     from datasets import Features
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
 
     h = cfg.hub
     try:
         repos = [
-            r for r in scan_cache_dir().repos if r.repo_id == h.name and r.repo_type == "dataset"
+            r
+            for r in scan_cache_dir(constants.HF_HUB_CACHE).repos
+            if r.repo_id == h.name and r.repo_type == "dataset"
         ]
     except Exception:  # no cache directory at all
         return None
