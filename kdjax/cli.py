@@ -150,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         flag = f"--xla_force_host_platform_device_count={args.devices}"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     enable_compile_cache()
+    if args.command == "run":  # one driver per study: refused before joining any job
+        from kdjax.distributed import refuse_study_under_distributed
+
+        try:
+            refuse_study_under_distributed(args.distributed)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.distributed or os.environ.get("KDJAX_DISTRIBUTED"):
         from kdjax.distributed import initialize
 

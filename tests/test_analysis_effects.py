@@ -79,10 +79,8 @@ def test_greedy_effects_are_fair_and_identical_options_cost_nothing():
     sim = greedy_study()
     r = analyse(study_from_rows(sim.rows, sim.manifest("greedy")))
     assert r.cross_pair and len(r.active) == len(PAIRS)
-    for axis in ("teacher_checkpoint", "distance", "alpha"):
-        assert r.axes[axis].sources() == {"sensitivity": len(PAIRS)}, axis
-    # tau_t: around an optimum the tau_s stage kept, the tau_t stage's runs are the group
-    assert set(r.axes["tau_t"].sources()) <= {"sensitivity", "within-stage"}
+    for axis, eff in r.axes.items():  # every contrast is around each pair's greedy optimum
+        assert eff.sources() == {"sensitivity": len(PAIRS)}, axis
     df = r.effects().set_index(["axis", "option"])
     ce_kl = [df.loc["distance", o] for o in ("ce", "kl")]  # the same training: the same runs
     assert {x.verdict for x in ce_kl} == {
@@ -154,8 +152,10 @@ def test_choices_are_made_on_validation_not_test():
     assert r.recommendation["mean_regret"] == pytest.approx(0.0, abs=0.4)  # pairs chose mse too
 
 
-def _calibration_study(rng, n_pairs, seed_sd, spread):
-    """One planted study: ce vs mse, mse's true effect mu + N(0, spread) per pair."""
+def _calibration_study(rng, n_pairs, seed_sd, spread, contrasts=None):
+    """One planted study: ce vs mse, mse's true effect mu + N(0, spread) per pair. The non-best
+    option's test and the truth it estimates; its pair contrasts go into `contrasts` (a list)
+    when one is given."""
     mu = -0.01
     pairs = [(f"d{i}", "s") for i in range(n_pairs)]
     delta = {p: mu + rng.normal(0, spread) for p in pairs}
@@ -171,6 +171,8 @@ def _calibration_study(rng, n_pairs, seed_sd, spread):
     sim.grid()
     eff = axis_effect(study_from_rows(sim.rows, sim.manifest("grid")), "distance", pairs)
     row = next(o for o in eff.options if not o.is_best)
+    if contrasts is not None:
+        contrasts.extend(row.contrasts.values())
     truth_pairs = mu if n_pairs >= 5 else float(np.mean(list(delta.values())))
     want = truth_pairs if row.option == "mse" else -truth_pairs
     return row.test, want
@@ -238,7 +240,7 @@ def test_stuck_pair_is_reported_apart_and_teacher_checkpoints_equal():
     )  # fmt: skip
     r = analyse(study_from_rows(sim.rows, sim.manifest("greedy")))
     assert list(r.stuck) == [stuck] and stuck not in r.active
-    assert "never moves" in r.stuck[stuck]
+    assert "never moves" in r.stuck[stuck] and "so does every no-KD run" in r.stuck[stuck]
     assert all(o.n_pairs <= len(PAIRS) - 1 for e in r.axes.values() for o in e.options)
     assert r.recommendation["n_pairs"] == len(PAIRS) - 1
     assert any("hs and ll are the same epoch on d1" in n for n in r.equivalences)
@@ -278,3 +280,29 @@ def test_shared_distances_are_one_run_under_two_names():
     assert kl.n_pairs == len(PAIRS)
     assert kl.is_best or kl.verdict == "identical runs (every paired result equal)"
     assert any("run once and reported under both names" in n for n in r.equivalences)
+
+
+def test_corpus_f1_from_counts_is_bootstrapped_over_examples():
+    """Entity F1 is computed from summed (tp, n_pred, n_gold) counts: the per-pair interval
+    resamples sentences (Poisson weights) and recomputes the corpus F1 of both runs."""
+    from kdjax.analysis.load import Cell, Outcomes
+    from kdjax.analysis.stats import PairContrast, within_pairs
+
+    rng = np.random.default_rng(0)
+    n = 400
+    gold = rng.integers(1, 4, n).astype(float)
+
+    def run(recall):
+        tp = rng.binomial(gold.astype(int), recall).astype(float)
+        counts = np.stack([tp, tp + rng.integers(0, 2, n), gold], axis=1)
+        out = Outcomes(tuple(map(str, range(n))), None, counts)
+        cell = Cell()
+        cell.test[0], cell.val[0], cell.outcomes[0] = float(out.metric()), 0.0, out
+        return cell
+
+    a, b = run(0.9), run(0.8)
+    f1 = [2 * c.outcomes[0].counts[:, 0].sum() / c.outcomes[0].counts[:, 1:].sum() for c in (a, b)]
+    assert a.test[0] == pytest.approx(f1[0]) and b.test[0] == pytest.approx(f1[1])
+    t = within_pairs([PairContrast("ner", a, b)], n_boot=400, seed=1)
+    assert t.level == "examples" and t.estimate == pytest.approx(f1[0] - f1[1])
+    assert 0.003 < t.se < 0.03 and t.lo < t.estimate < t.hi and t.p < 0.05

@@ -317,3 +317,47 @@ def test_check_a_manifest_that_does_not_load(tmp_path, capsys):
     assert main(["check", str(path)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("FAIL       manifest ") and "unknown dataset preset 'imdb'" in out
+
+
+def _hub_cache_repo(cache, repo_id, files):
+    """A dataset repo in the hub cache's layout: blobs, refs/main, snapshots/<sha>/ symlinks."""
+    import os
+
+    root = cache / ("datasets--" + repo_id.replace("/", "--"))
+    sha = "a" * 40
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(sha)
+    for i, (rel, src) in enumerate(files.items()):
+        blob = root / "blobs" / f"{i:064x}"
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(src.read_bytes())
+        link = root / "snapshots" / sha / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+
+
+def test_check_offline_reads_the_hub_cache(tmp_path):
+    from kdjax.check.datasets import check_dataset
+    from kdjax.sweep.manifest import Dataset
+
+    good = _trec_repo(tmp_path / "src" / "trec")
+    swapped = _trec_repo(tmp_path / "src2" / "trec", names=TREC[::-1])
+    cache = tmp_path / "hub_cache"
+    _hub_cache_repo(
+        cache, "CogComp/trec", {"default/train/0000.parquet": good / "default/train/0000.parquet"}
+    )
+    _hub_cache_repo(
+        cache, "other/trec", {"default/train/0000.parquet": swapped / "default/train/0000.parquet"}
+    )
+    data = {
+        "source": "hub",
+        "text_column": "text",
+        "label_column": "coarse_label",
+        "labels": TREC,
+        "hub": {"name": "CogComp/trec", "revision": "refs/convert/parquet"},
+    }
+    res = check_dataset(Dataset("trec", "classification", data), False, "HF_HUB_OFFLINE is set")
+    assert res.status == "OK" and "in the local cache" in res.detail, res.detail
+    data["hub"]["name"] = "other/trec"
+    res = check_dataset(Dataset("trec", "classification", data), False, "offline")
+    assert res.status == "FAIL" and "has the classes ['NUM'" in res.detail

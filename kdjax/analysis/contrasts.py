@@ -6,9 +6,9 @@ inside one group, so no option is credited with another axis's tuning. Which gro
 contributes (one per pair and axis):
 
 1. a group with every option of the axis (a greedy stage's runs share everything but its axis);
-2. then one holding a run of the sensitivity stage (one knob changed around the optimum);
-3. then the group around the pair's validation-best configuration (under a grid: the other
-   knobs at the pair's validation-best setting);
+2. then the group around the sensitivity stage's center (the greedy optimum: the configuration
+   its runs are one knob away from), then any group holding a sensitivity run;
+3. then the group around the pair's validation-best configuration;
 4. then the group with the most options, then the most recent one (the closest to the end of
    the search).
 
@@ -97,19 +97,35 @@ def choose_group(study: Study, pair: Pair, axis: str) -> Group | None:
         if len(g.members) == n_options:
             return Group(best, g.members, _source(study, g, cells, n_options))
     ranked = []
+    hub = _sensitivity_center(study, cells) if has_sensitivity else None
     for center in cells:
         g = _neighbours(study, cells, center, axis)
         _no_kd(study, pair, axis, g.members)
         if len(set(g.members.values())) < 2 and len(g.members) < 2:
             continue
-        g = Group(center, g.members, _source(study, g, cells, n_options))
+        source = _source(study, g, cells, n_options)
+        if center == hub and source != "partial":  # around the optimum: the sensitivity check
+            source = SENSITIVITY
+        g = Group(center, g.members, source)
         order = max(cells[c].order for c in g.members.values() if c in cells)
         full = len(g.members) == n_options
-        key = (full, g.source == SENSITIVITY, center == best, len(g.members), order)
+        key = (full, center == hub, g.source == SENSITIVITY, center == best, len(g.members), order)
         ranked.append((key, g))
     if not ranked:
         return None
     return max(ranked, key=lambda kg: kg[0])[1]
+
+
+def _sensitivity_center(study: Study, cells: dict[Config, Cell]) -> Config | None:
+    """The configuration the most sensitivity-stage runs are one knob away from."""
+    runs = [c for c, x in cells.items() if SENSITIVITY in x.stages]
+    axes = list(study.axes)
+
+    def one_knob(a: Config, b: Config) -> bool:
+        return sum(_agree(study, a, b, ax) == 0 for ax in axes) == 1
+
+    scores = {c: sum(one_knob(c, r) for r in runs) for c in cells}
+    return max(scores, key=lambda c: scores[c]) if scores else None
 
 
 def _grid_groups(study: Study, pair: Pair, cells: dict[Config, Cell], axis: str) -> list[Group]:

@@ -1,11 +1,12 @@
 """What each option costs: fair, paired effects chosen on validation and reported on test.
 
-For an axis, each pair contributes one group of configurations that differ in that axis only
-(`contrasts.choose_group`). The axis's best option is the one with the highest validation score
-in those groups, averaged over pairs (each pair centred on its group's mean). An option's
-effect is its test score minus the best option's in the same group and seed, averaged over
-seeds and then over pairs, in points: 0 for the best option, negative for worse ones. Pairs
-whose student never moves (`degenerate.stuck_pairs`) are left out.
+For an axis, each pair contributes the groups of configurations that differ in that axis only
+(`contrasts.choose_groups`: every setting of the other knobs under a grid, the group around the
+greedy optimum otherwise). The axis's best option is the one with the highest validation score
+in those groups (each group centred on its mean, averaged over a pair's groups, then over
+pairs). An option's effect is its test score minus the best option's in the same group and
+seed, averaged over seeds, groups and then pairs, in points: 0 for the best option, negative
+for worse ones. Pairs whose student never moves (`degenerate.stuck_pairs`) are left out.
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ def _recommendation(rec: dict[str, Any]) -> str | None:
         text += (
             f" The reference study's recommendation (ll, ce, tau_s 1) loses "
             f"{pt(ref['mean_regret'])} points on average; ours minus it: "
-            f"{pt(ref['difference'])} ({ref['verdict']})."
+            f"{pt(ref['difference'])} points: {ref['verdict']}."
         )
     return text
 

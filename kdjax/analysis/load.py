@@ -39,7 +39,7 @@ class Outcomes:
     def metric(self, weights: np.ndarray | None = None) -> np.ndarray | float:
         """The metric; with `weights` [B, n] (resampled examples) one value per row."""
         if self.counts is not None:
-            tp, pred, gold = (self.counts if weights is None else weights @ self.counts).T
+            tp, pred, gold = self.counts.sum(0) if weights is None else (weights @ self.counts).T
             return 2 * tp / np.maximum(pred + gold, 1e-12)
         if weights is None:
             return float(np.mean(self.values))

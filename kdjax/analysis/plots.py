@@ -59,7 +59,7 @@ def plot_forest(results: Results, path: Path) -> Path | None:
         ax.set_yticks(y, [f"{fmt_value(o.option)}{' (best)' * o.is_best}" for o in opts])
         ax.invert_yaxis()
         ax.axvline(0, color="#888", lw=0.8)
-        ax.set_ylabel(AXIS_NAMES.get(axis, axis), fontsize=8)
+        ax.set_ylabel({"teacher_checkpoint": "teacher"}.get(axis, axis), fontsize=9)
     subs[-1].set_xlabel("effect on test (points) vs the axis's best option; bars: 95% CI")
     fig.suptitle("Effect of each option (paired contrasts, every other knob the same)")
     return _save(fig, path)
@@ -105,10 +105,11 @@ def plot_cd(r: Ranking, path: Path) -> Path | None:
         return None
     import scikit_posthocs as sp
 
-    fig = _figure(7.5, 1.2 + 0.25 * len(r.ranks))
-    ax = fig.add_subplot()
+    fig = Figure(figsize=(10, 1.6 + 0.3 * len(r.ranks)), dpi=100)  # labels sit outside the axes
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.32, 0.05, 0.36, 0.75))
     sp.critical_difference_diagram(r.ranks, r.posthoc, ax=ax)
-    ax.set_title(f"Average rank across {r.n_pairs} pairs: {r.title} (Nemenyi, alpha 0.05)")
+    ax.set_title(f"Average rank across {r.n_pairs} pairs: {r.title} (Nemenyi, alpha 0.05)", pad=24)
     return _save(fig, path)
 
 

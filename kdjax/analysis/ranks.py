@@ -16,7 +16,7 @@ class Ranking:
 
     title: str
     scores: Any  # pandas DataFrame [pair, treatment]: test score in points
-    friedman_p: float | None
+    friedman_p: float | None  # Friedman (3+ treatments) or the sign test (2)
     posthoc: Any | None  # pandas DataFrame of Nemenyi p-values, when >= MIN_PAIRS pairs
 
     @property
@@ -37,8 +37,12 @@ def ranking(title: str, table: dict[str, dict[str, float]]) -> Ranking | None:
     if df.shape[1] < 2 or df.shape[0] < 2:
         return None
     p = None
-    if df.shape[1] >= 3 and df.shape[0] >= 2 and not (df.nunique(axis=1) == 1).all():
+    if df.shape[1] >= 3 and not (df.nunique(axis=1) == 1).all():
         p = float(stats.friedmanchisquare(*[df[c].to_numpy() for c in df.columns]).pvalue)
+    elif df.shape[1] == 2:  # two treatments: the exact sign test over pairs (ties dropped)
+        a, b = df.iloc[:, 0].to_numpy(), df.iloc[:, 1].to_numpy()
+        wins, n = int((a > b).sum()), int((a != b).sum())
+        p = float(stats.binomtest(wins, n).pvalue) if n else None
     posthoc = None
     if df.shape[0] >= MIN_PAIRS and df.shape[1] >= 3:
         import scikit_posthocs as sp
@@ -70,7 +74,8 @@ def axis_rankings(results: Any) -> list[Ranking]:
     among = universal(results.study, results.active)
     for pair in results.active:
         cells = results.study.candidates(pair)
-        configs[f"{pair[0]}/{pair[1]}"] = {c.label(): cells[c].test_mean * 100 for c in among}
+        swept = results.study.swept or None
+        configs[f"{pair[0]}/{pair[1]}"] = {c.label(swept): cells[c].test_mean * 100 for c in among}
     r = ranking("configurations run on every pair", configs) if len(among) >= 2 else None
     if r is not None:
         out.append(r)
@@ -78,7 +83,8 @@ def axis_rankings(results: Any) -> list[Ranking]:
 
 
 def friedman_text(r: Ranking) -> str:
+    test = "Sign test" if r.scores.shape[1] == 2 else "Friedman test"
     if r.friedman_p is None:
-        return "Friedman test: needs 3 or more treatments with some difference."
+        return f"{test}: every pair ties; nothing to test."
     few = "" if r.n_pairs >= MIN_PAIRS else f" (only {r.n_pairs} pairs: no cross-pair claim)"
-    return f"Friedman test over {r.n_pairs} pairs: p = {r.friedman_p:.3g}{few}."
+    return f"{test} over {r.n_pairs} pairs: p = {r.friedman_p:.3g}{few}."

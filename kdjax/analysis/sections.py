@@ -12,7 +12,7 @@ from kdjax.analysis.headline import ci, headline, nof, pm, pt, pts
 from kdjax.analysis.ranks import Ranking, friedman_text
 from kdjax.analysis.render import Doc
 from kdjax.analysis.results import Results
-from kdjax.analysis.stats import MIN_PAIRS, holm, seed_std
+from kdjax.analysis.stats import MIN_PAIRS, PairContrast, holm, seed_std, within_pairs
 
 
 def _study(doc: Doc, r: Results, g: Gaps) -> None:
@@ -102,10 +102,10 @@ def _effects(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
     doc.h(1, "Effect of each parameter")
     doc.p(
         "An option's effect is its test score minus the axis's best option's, with every other "
-        "knob the same (runs that differ in this axis only: the sensitivity stage around the "
-        "greedy optimum, a greedy stage, or the grid at the pair's validation-best setting of "
-        "the others), paired by seed, averaged over seeds and then over pairs. The best option "
-        "is chosen on validation; 0 for it, negative for worse options. "
+        "knob the same (runs that differ in this axis only: under a grid every setting of the "
+        "other knobs, averaged; under greedy the sensitivity stage around the optimum, else the "
+        "stage that varied the axis), paired by seed, averaged over seeds and then over pairs. "
+        "The best option is chosen on validation; 0 for it, negative for worse options. "
         + (
             f"Intervals and p-values: Student-t over the {len(r.active)} pairs' contrasts (a "
             "claim about pairs like these), p Holm-adjusted over the whole table. "
@@ -145,13 +145,26 @@ def _effects(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
         if not others:
             continue
         doc.h(2, f"{AXIS_NAMES.get(axis, axis)}: per pair")
+        doc.p(
+            "Each pair's contrast (test points) with, where per-example outcomes were kept, its "
+            "95% interval from test-example noise (this pair only)."
+        )
         rows = []
         for pair, gs in eff.groups.items():
-            cells = [pt(o.per_pair().get(pair)) for o in others]
+            cells = [_pair_cell(o.contrasts.get(pair)) for o in others]
             around = gs[0].center.label() if len(gs) == 1 else f"{len(gs)} settings"
             rows.append([pair_name(pair), gs[0].source, around, *cells])
         head = [f"{fmt_value(o.option)} - {fmt_value(eff.best)}" for o in others]
         doc.table(["pair", "contrasts from", "around", *head], rows)
+
+
+def _pair_cell(c: PairContrast | None) -> str:
+    if c is None:
+        return "-"
+    t = within_pairs([c])
+    if t.level != "examples" or t.lo is None:
+        return pt(c.mean * 100)
+    return f"{c.mean * 100:.2f} [{t.lo * 100:.2f}, {t.hi * 100:.2f}]"
 
 
 def _ranks(doc: Doc, rankings: list[Ranking], figs: dict[str, Path]) -> None:

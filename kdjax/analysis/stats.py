@@ -66,13 +66,13 @@ class Test:
         }.get(self.level, "")
         if p is not None and p < ALPHA:
             word = "worse" if self.estimate < 0 else "better"
-            return f"{scope}{word} by {abs(self.estimate) * PTS:.1f} pt (p={_p(p)})"
+            return f"{scope}{word} by {abs(self.estimate) * PTS:.1f} pt ({_p(p)})"
         mde = f"MDE {self.mde * PTS:.1f} pt" if self.mde is not None else "MDE unknown"
         return f"{scope}no detectable difference ({mde})"
 
 
 def _p(p: float) -> str:
-    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+    return f"p={p:.2g}" if p >= 0.001 else "p<0.001"
 
 
 def mde_from_se(se: float, df: float | None = None) -> float:

@@ -88,20 +88,25 @@ def _stream_check(cfg, columns: dict[str, str]) -> tuple[list[str], list[str]]:
     return problems, notes
 
 
+def select_files(names: list[str], h) -> list[str]:
+    """The repo files (paths relative to the repo root) that hold `h`'s data: those matching
+    `data_files`, else the data files under the config's folder (or all of them)."""
+    if h.data_files:
+        pats = [p for v in h.data_files.values() for p in ([v] if isinstance(v, str) else v)]
+        return [f for f in names if any(fnmatch.fnmatch(f, p) for p in pats)]
+    return [
+        f
+        for f in names
+        if f.endswith(DATA_SUFFIXES) and (not h.config or f.startswith(h.config + "/"))
+    ]
+
+
 def _hub_size(h) -> int | None:
     from huggingface_hub import HfApi
 
     info = HfApi().dataset_info(h.name, revision=h.revision, files_metadata=True)
     files = {s.rfilename: s.size or 0 for s in info.siblings or []}
-    if h.data_files:
-        pats = [p for v in h.data_files.values() for p in ([v] if isinstance(v, str) else v)]
-        chosen = [f for f in files if any(fnmatch.fnmatch(f, p) for p in pats)]
-    else:
-        chosen = [
-            f
-            for f in files
-            if f.endswith(DATA_SUFFIXES) and (not h.config or f.startswith(h.config + "/"))
-        ]
+    chosen = select_files(list(files), h)
     return sum(files[f] for f in chosen) if chosen else None
 
 
@@ -109,22 +114,25 @@ def _cached_check(cfg, columns: dict[str, str], why: str) -> Result | None:
     """Offline: validate from the parquet schemas in the local hub cache (None: not cached)."""
     import pyarrow.parquet as pq
     from datasets import Features
-    from huggingface_hub import scan_cache_dir
+    from huggingface_hub import constants, scan_cache_dir
 
     h = cfg.hub
     try:
         repos = [
-            r for r in scan_cache_dir().repos if r.repo_id == h.name and r.repo_type == "dataset"
+            r
+            for r in scan_cache_dir(constants.HF_HUB_CACHE).repos
+            if r.repo_id == h.name and r.repo_type == "dataset"
         ]
     except Exception:  # no cache directory at all
         return None
-    files = [
-        f.file_path
+    cached = {
+        f.file_path.relative_to(rev.snapshot_path).as_posix(): f.file_path
         for r in repos
         for rev in r.revisions
         for f in rev.files
         if f.file_name.endswith(".parquet")
-    ]
+    }
+    files = [cached[f] for f in select_files(sorted(cached), h)]
     if not files:
         return None
     schema = pq.read_schema(files[0])

@@ -97,9 +97,10 @@ def check_model(
                 size = sum(sizes.get(f) or 0 for f in weights)
                 summary += f"; will download {', '.join(weights[:2])} ({mb(size)})"
             return Result(role, name, OK, f"hub {label}: {summary}"), vocab
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import constants, try_to_load_from_cache
 
-        cached = try_to_load_from_cache(source, "config.json")
+        # The cache folder read now (HF_HUB_CACHE), not when huggingface_hub was imported.
+        cached = try_to_load_from_cache(source, "config.json", cache_dir=constants.HF_HUB_CACHE)
         if not isinstance(cached, str):
             return Result(
                 role,

@@ -6,6 +6,7 @@ Also runnable alone: `python -m kdjax.sweep.cli run experiments/smoke.yaml`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,9 +21,26 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print(describe_plan(m, args.workdir or default_workdir(m)))
 
 
+def parse_resources(text: str | None) -> dict[str, float] | None:
+    """`--resources '{"GPU": 0.5}'`: a JSON mapping, checked like executor.resources."""
+    if text is None:
+        return None
+    from kdjax.config import ConfigError
+    from kdjax.sweep.ray_exec import split_request
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--resources: not JSON ({e}); e.g. '{{\"TPU\": 1}}'") from None
+    return split_request(value, "--resources")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
+    from kdjax.distributed import refuse_study_under_distributed
     from kdjax.sweep.driver import run_study
 
+    refuse_study_under_distributed(getattr(args, "distributed", False))
+    resources = parse_resources(args.resources)
     run_study(
         args.manifest,
         workdir=args.workdir,
@@ -31,6 +49,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         retry_failed=args.retry_failed,
         progress=not args.quiet,
         group_size=args.group_size,
+        resources=resources,
     )
 
 
@@ -88,6 +107,12 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         help="override the manifest's executor.group_size (1: every run trains alone)",
+    )
+    p.add_argument(
+        "--resources",
+        metavar="JSON",
+        help="Ray: what each run or group asks for, replacing the manifest's, e.g. "
+        "'{\"GPU\": 1}', '{\"GPU\": 0.5}' (two runs per GPU) or '{\"TPU\": 1}' (one chip)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p = subparsers.add_parser(
