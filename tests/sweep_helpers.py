@@ -109,14 +109,19 @@ def manifest(tmp_path, name="m.yaml", **over):
 
 
 def timed(config_json: str) -> dict:
-    """For the scale-out tests: sleeps 0.4 s x layers x epochs (a teacher 0.2 s), recording
-    its own start and end time, process and TPU environment in OUTPUT_DIR/timing.json."""
+    """For the scale-out tests: sleeps 0.4 s x epochs, times the student's layers for the
+    first stage's runs (the baseline and the default point ce, alpha 0.5), 0.2 s for a
+    teacher; records its own start and end time, process and TPU environment in
+    OUTPUT_DIR/timing.json."""
     cfg = json.loads(config_json)
     start = time.time()
+    kd = cfg.get("kd") or {}
     if cfg.get("teacher") is None:
         time.sleep(0.2)
     else:
-        time.sleep(0.4 * cfg["model"].get("layers", 1) * cfg["train"]["epochs"])
+        first = kd.get("alpha") == 0 or (kd.get("distance"), kd.get("alpha")) == ("ce", 0.5)
+        layers = cfg["model"].get("layers", 1) if first else 1
+        time.sleep(0.4 * layers * cfg["train"]["epochs"])
     out = Path(cfg["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     tpu = {k: v for k, v in os.environ.items() if k.startswith("TPU_")}

@@ -12,7 +12,14 @@ from sweep_helpers import BASE
 from kdjax.analysis import effects_frame, recommendation
 from kdjax.sweep import Ledger, Planner, load_manifest, run_study
 from kdjax.sweep.cli import main as sweep_main
-from kdjax.sweep.simulate import Noise, option_key, parse_effects, plant, truths
+from kdjax.sweep.simulate import (
+    Noise,
+    noise_from_ledger,
+    option_key,
+    parse_effects,
+    plant,
+    truths,
+)
 
 # The review's case: hs and ll the same runs, ce and kl the same runs, mse -0.5 points,
 # alpha 1 -1 point, tau_t 4 +2 points and searched last; tau_s has no effect.
@@ -141,3 +148,15 @@ def test_simulate_command_prints_power_bias_and_coverage(tmp_path, capsys):
     bad.write_text(yaml.safe_dump({"effects": {"beta": {1: 1}}}))
     assert sweep_main(["simulate", str(path), "--effects", str(bad)]) == 2
     assert "effects.beta: unknown axis" in capsys.readouterr().err
+
+
+def test_noise_read_back_from_a_finished_ledger(tmp_path):
+    axes = {"distance": ["ce", "mse"], "alpha": [0.5, 1.0]}
+    path = study(tmp_path, n_pairs=3, axes=axes, seeds=[0, 1, 2])
+    noise = Noise(seed_sd=1.0, test_n=1500, val_n=500, rho=0.6)
+    m = load_manifest(path)
+    plant(Planner(m, tmp_path / "w"), parse_effects({"base": 0.75}), noise)
+    run_study(path, tmp_path / "w", progress=False, report=False)
+    got = noise_from_ledger(tmp_path / "w")
+    assert got.test_n == 1500 and got.rho == pytest.approx(0.6, abs=0.1)
+    assert 0.5 < got.seed_sd < 1.6  # 30 degrees of freedom: about ±15%, less the binomial part

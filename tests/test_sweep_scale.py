@@ -80,6 +80,26 @@ def test_one_chip_per_run_keeps_four_slots_busy(tpu_host, tmp_path):
                 assert a["tpu"]["TPU_PROCESS_PORT"] != b["tpu"]["TPU_PROCESS_PORT"]
 
 
+def test_a_fast_pair_finishes_its_search_while_a_slow_pair_is_in_its_first_stage(
+    tpu_host, tmp_path
+):
+    """No barrier between pairs: s1 (0.4 s runs) goes through every greedy stage and its
+    sensitivity stage while s2 still trains its default point and baseline (4 s each)."""
+    students = [{"name": "s1", "model": fake.tiny(1)}, {"name": "s2", "model": fake.tiny(10)}]
+    search = {"strategy": "greedy", "order": ["distance", "alpha"], "transfer": False}
+    path = manifest(tmp_path, students=students, search=search)
+    executor = RayExecutor(resources={"TPU": 1}, run_fn=fake.timed, fresh_workers=False)
+    out = run_study(path, tmp_path / "w", executor, progress=False)
+    assert out["failed"] == 0
+    recs = timings(tmp_path / "w")
+    fast = [r for r in recs if r["student"] == "s1"]
+    slow_first = [r for r in recs if r["student"] == "s2" and r["stage"].startswith("0:")]
+    assert {r["stage"] for r in fast} >= {"0:default", "0:baseline", "1:distance", "2:alpha"}
+    assert len(fast) >= 4 and len(slow_first) == 2
+    assert max(r["end"] for r in fast) < min(r["end"] for r in slow_first)
+    assert any(r["stage"] == "sensitivity" for r in fast)
+
+
 @pytest.mark.parametrize("request_, missing", [({"TPU": 8}, "TPU >= 8"), ({"GPU": 0.5}, "GPU")])
 def test_a_request_no_node_can_meet_fails_within_seconds(tpu_host, tmp_path, request_, missing):
     gpus = request_.pop("GPU", 0)

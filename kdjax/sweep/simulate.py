@@ -167,8 +167,9 @@ def planted(cfg: dict[str, Any]) -> dict[str, Any]:
     noise = Noise(**setup["noise"])
     dataset = setup["datasets"][_key(cfg["data"])]
     student = setup["students"].get(_key(cfg["model"]), "teacher")
-    rng = np.random.default_rng(_seed(setup["repeat"], _as_trained(cfg, setup["identical"])))
-    q = true_score(cfg, setup, f"{dataset}/{student}") + rng.normal(0, noise.seed_sd / 100)
+    pair = f"{dataset}/{student}"
+    rng = np.random.default_rng(_seed(setup["repeat"], _as_trained(cfg, pair, setup["identical"])))
+    q = true_score(cfg, setup, pair) + rng.normal(0, noise.seed_sd / 100)
     examples = np.random.default_rng(_seed(setup["repeat"], dataset))  # shared by every run
     val_d, test_d = examples.standard_normal(noise.val_n), examples.standard_normal(noise.test_n)
     val = outcomes(rng, val_d, q, noise.rho).mean()
@@ -176,18 +177,19 @@ def planted(cfg: dict[str, Any]) -> dict[str, Any]:
     return {"val_metric": float(val), "test_metric": float(test.mean()), "test_correct": test}
 
 
-def _as_trained(cfg: dict[str, Any], identical: dict[str, list[str]]) -> str:
-    """The run's identity for its noise: options planted as identical (`identical`: e.g.
-    {"teacher": ["hs", "ll"]}, a teacher whose two checkpoints are one epoch) give one run."""
-    cfg = json.loads(json.dumps(cfg))
-    cfg.pop("output_dir", None)
-    kd = cfg.get("kd")
+def _as_trained(cfg: dict[str, Any], pair: str, identical: dict[str, list[str]]) -> str:
+    """The run's identity for its noise, independent of where the study lives: the pair, the
+    KD settings and the training settings (seed included). Options planted as identical
+    (`identical`: e.g. {"teacher": ["hs", "ll"]}, a teacher whose two checkpoints are one
+    epoch) give one run."""
+    kd = dict(cfg.get("kd") or {})
+    ckpt = cfg.get("teacher_checkpoint") if cfg.get("teacher") else None
     if kd and kd["alpha"] > 0:
-        if cfg["teacher_checkpoint"] in identical.get("teacher", []):
-            cfg["teacher_checkpoint"] = identical["teacher"][0]
+        if ckpt in identical.get("teacher", []):
+            ckpt = identical["teacher"][0]
         if kd["distance"] in identical.get("distance", []):
             kd["distance"] = identical["distance"][0]
-    return _key(cfg)
+    return _key({"pair": pair, "kd": kd, "teacher": ckpt, "train": cfg["train"]})
 
 
 def _key(section: dict[str, Any]) -> str:
@@ -311,7 +313,10 @@ def summarize(found: Any, truth: dict[tuple[str, Any], float], alpha: float = 0.
 def noise_from_ledger(workdir: str | Path) -> Noise:
     """Noise as a finished study's ledger shows it: test and validation sizes from its runs'
     results; seed_sd from the spread of the test metric over seeds of otherwise equal runs,
-    less the test set's own binomial variance (approximately); rho keeps its default."""
+    less what the test examples add to it (under the planted model); rho from how often two
+    runs on one dataset are both right on an example (`_rho`)."""
+    from scipy.stats import multivariate_normal, norm
+
     from kdjax.sweep.ledger import Ledger
 
     path = Path(workdir) / "ledger.sqlite"
@@ -337,6 +342,7 @@ def noise_from_ledger(workdir: str | Path) -> Noise:
         if r["test_metric"] is not None:
             groups.setdefault(_key(cfg), []).append(r["test_metric"])
     base = Noise()
+    rho = _rho(rows) or base.rho
     test_n = int(np.median(sizes["test"])) if sizes["test"] else base.test_n
     val_n = int(np.median(sizes["validation"])) if sizes["validation"] else base.val_n
     spread = [(np.var(v, ddof=1), np.mean(v), len(v) - 1) for v in groups.values() if len(v) > 1]
@@ -345,5 +351,37 @@ def noise_from_ledger(workdir: str | Path) -> Noise:
         dof = sum(d for *_, d in spread)
         var = sum(v * d for v, _, d in spread) / dof
         q = float(np.mean([m for _, m, _ in spread]))
-        seed_sd = 100 * math.sqrt(max(var - q * (1 - q) / test_n, 0.0))
-    return Noise(seed_sd=round(seed_sd, 3), test_n=test_n, val_n=val_n, rho=base.rho)
+        # What the test set adds to a run's score: examples' own noise, given their difficulty.
+        c = float(norm.ppf(q))
+        both = multivariate_normal(mean=[0, 0], cov=[[1, rho], [rho, 1]]).cdf([c, c])
+        seed_sd = 100 * math.sqrt(max(var - (q - both) / test_n, 0.0))
+    return Noise(seed_sd=round(seed_sd, 3), test_n=test_n, val_n=val_n, rho=rho)
+
+
+def _rho(rows: list[dict[str, Any]], max_pairs: int = 30) -> float | None:
+    """The example correlation that makes the planted model's share of examples two runs both
+    get right equal the ledger's, median over up to `max_pairs` pairs of runs per dataset with
+    0/1 test outcomes; None without such pairs."""
+    from scipy.optimize import brentq
+    from scipy.stats import multivariate_normal, norm
+
+    by_dataset: dict[str, list[np.ndarray]] = {}
+    for r in rows:
+        values = (json.loads(r["result_json"] or "{}").get("test_outcomes") or {}).get("values")
+        if values and set(values) <= {0, 1}:
+            by_dataset.setdefault(r["dataset"], []).append(np.asarray(values))
+    found = []
+    for runs in by_dataset.values():
+        pairs = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1 :] if len(a) == len(b)]
+        for a, b in pairs[:max_pairs]:
+            c1, c2 = norm.ppf(np.clip([a.mean(), b.mean()], 1e-3, 1 - 1e-3))
+            both = float((a & b).mean())
+
+            def gap(rho: float, c1: float = c1, c2: float = c2, both: float = both) -> float:
+                cov = [[1.0, rho], [rho, 1.0]]
+                return multivariate_normal(mean=[0, 0], cov=cov).cdf([c1, c2]) - both
+
+            lo, hi = gap(0.0), gap(0.999)
+            if lo <= 0 <= hi:
+                found.append(brentq(gap, 0.0, 0.999, xtol=1e-3))
+    return round(float(np.median(found)), 3) if found else None
