@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import require
 from transformers import AutoTokenizer
 
 from kdjax.config import DataConfig
@@ -275,7 +276,7 @@ def test_evaluate_constructed_prediction(val):
         want["precision"],
         want["recall"],
     )
-    seqeval = pytest.importorskip("seqeval.metrics")
+    seqeval = require("seqeval.metrics", "seqeval")
     assert m["f1"] == seqeval.f1_score(gold, pred)
     flat_gold = [t for tags in gold for t in tags]
     flat_pred = [t for tags in pred for t in tags]

@@ -214,3 +214,25 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_allclose(b[k], a[k], atol=1e-6, rtol=0)
+
+
+def test_rerun_with_another_config_into_the_same_output_dir_starts_fresh(tmp_path):
+    """A finished run, then a run with another config (learning rate) into the same
+    output_dir: it neither resumes from nor mixes in the old run's state or metrics log; it
+    equals the same config run in an empty directory."""
+    from safetensors.numpy import load_file
+
+    train_cfg = lambda lr, epochs: {"epochs": epochs, "batch_size": 12, "learning_rate": lr,
+                                    "log_every": 2}  # fmt: skip
+    # One epoch each: a wrongly resumed second run would find the first one finished.
+    train(parse_config(_cfg(tmp_path / "a", train=train_cfg(1e-3, 1))), progress=False)
+    again = train(parse_config(_cfg(tmp_path / "a", train=train_cfg(3e-3, 1))), progress=False)
+    fresh = train(parse_config(_cfg(tmp_path / "b", train=train_cfg(3e-3, 1))), progress=False)
+    assert again["resumed_after_epoch"] is None and again["history"] == fresh["history"]
+    log = lambda d: [json.loads(x)["event"] for x in (d / "metrics.jsonl").read_text().split("\n")
+                     if x]  # fmt: skip
+    assert log(tmp_path / "a") == log(tmp_path / "b")
+    a = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], atol=1e-6, rtol=0, err_msg=k)

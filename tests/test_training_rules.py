@@ -158,3 +158,22 @@ def test_sentence_pairs_are_encoded_with_segment_ids(minilm_path):
         assert a["attention_mask"][r].tolist() == [1] * n + [0] * (a["input_ids"].shape[1] - n)
         assert not a["token_type_ids"][r, n:].any() and not a["input_ids"][r, n:].any()
     assert a["labels"].tolist() == [1, 0]
+
+
+def test_a_missing_test_dependency_fails_the_test_instead_of_skipping_it(monkeypatch):
+    """Reference tests import torch, seqeval, ... through `fixtures.require`: with the test
+    extras installed (as here) a missing one is a failure, as is a module that moved inside an
+    installed package; only KDJAX_TEST_STRICT=0 lets them skip."""
+    import sys
+
+    import fixtures
+
+    monkeypatch.delenv("KDJAX_TEST_STRICT", raising=False)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(pytest.fail.Exception, match="torch is needed by this test"):
+        fixtures.require("torch")
+    with pytest.raises(pytest.fail.Exception, match="numpy.moved_away is needed"):
+        fixtures.require("numpy.moved_away")
+    monkeypatch.setenv("KDJAX_TEST_STRICT", "0")
+    with pytest.raises(pytest.skip.Exception):
+        fixtures.require("torch")
