@@ -168,12 +168,19 @@ def test_a_missing_test_dependency_fails_the_test_instead_of_skipping_it(monkeyp
 
     import fixtures
 
+    def outcome(module: str) -> str:
+        try:
+            fixtures.require(module)
+        except pytest.fail.Exception:
+            return "fails"
+        except pytest.skip.Exception:  # caught here, or the test itself would be skipped
+            return "skips"
+        return "imports"
+
     monkeypatch.delenv("KDJAX_TEST_STRICT", raising=False)
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
-    with pytest.raises(pytest.fail.Exception, match="torch is needed by this test"):
-        fixtures.require("torch")
-    with pytest.raises(pytest.fail.Exception, match="numpy.moved_away is needed"):
-        fixtures.require("numpy.moved_away")
+    assert outcome("torch") == "fails"
+    assert outcome("numpy.moved_away") == "fails"
+    assert outcome("numpy.linalg") == "imports"
     monkeypatch.setenv("KDJAX_TEST_STRICT", "0")
-    with pytest.raises(pytest.skip.Exception):
-        fixtures.require("torch")
+    assert outcome("torch") == "skips"
