@@ -123,6 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--devices", type=int, help="simulate this many devices (CPU host devices)")
     p.add_argument("--batch-size", type=int, help="override train.batch_size (global)")
     p.add_argument("--device-memory-gb", type=float, help="say whether it fits in this much")
+    p = sub.add_parser(
+        "check",
+        help="preflight a study manifest: every dataset, teacher and student (exit 0 ready, "
+        "1 something fails, 3 not fully verified offline)",
+    )
+    p.add_argument("manifest", help="study manifest (YAML)")
+    p = sub.add_parser("convert", help="convert a raw dataset file for `data.source: files`")
+    p.add_argument("kind", choices=("trec", "wnut17", "ontonotes"))
+    p.add_argument("src", help="the raw file (TREC .label, WNUT-17 CoNLL, tner JSON lines)")
+    p.add_argument("out", help="the file to write (.jsonl; .conll for wnut17)")
     p = sub.add_parser("demo", help="the offline demo: teacher, no-KD student, KD student")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
@@ -140,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         flag = f"--xla_force_host_platform_device_count={args.devices}"
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
     enable_compile_cache()
+    if args.command == "run":  # one driver per study: refused before joining any job
+        from kdjax.distributed import refuse_study_under_distributed
+
+        try:
+            refuse_study_under_distributed(args.distributed)
+        except RuntimeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.distributed or os.environ.get("KDJAX_DISTRIBUTED"):
         from kdjax.distributed import initialize
 
@@ -149,6 +167,14 @@ def main(argv: list[str] | None = None) -> int:
             _datasets(args)
         elif args.command == "students":
             _students(args)
+        elif args.command == "check":
+            from kdjax.check import run_check
+
+            return run_check(args.manifest)
+        elif args.command == "convert":
+            from kdjax.data.convert import convert
+
+            print(convert(args.kind, args.src, args.out))
         elif args.command == "compile-check":
             _compile_check(args)
         elif args.command == "report":

@@ -45,6 +45,14 @@ class HubSource(Frozen):
     filter: dict[str, str] | None = Field(
         None, description="keep rows whose columns equal these values (e.g. an MRQA subset)"
     )
+    revision: str | None = Field(
+        None,
+        description="a branch, tag or commit of the repo; refs/convert/parquet is the hub's "
+        "parquet conversion of a repo whose main branch holds a loading script",
+    )
+    data_files: dict[str, str | list[str]] | None = Field(
+        None, description="split -> file pattern(s) in the repo (at `revision`)"
+    )
 
 
 class DataConfig(Frozen):

@@ -77,3 +77,48 @@ def sync(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+# Variables that say "this process is one of several of one job", set by the launchers:
+# kdjax's own, srun inside a job step, Open MPI, PMI/PMIx (MPICH, Intel MPI), torchrun.
+_LAUNCHER_SIZES = (
+    "KDJAX_NUM_PROCESSES",
+    "SLURM_STEP_NUM_TASKS",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMI_SIZE",
+    "PMIX_SIZE",
+    "WORLD_SIZE",
+)
+
+
+def multi_process_launch(flag: bool = False, env: dict[str, str] | None = None) -> str | None:
+    """Why this process looks like one of several processes of one job, or None."""
+    env = os.environ if env is None else env
+    if flag:
+        return "--distributed was given"
+    if env.get("KDJAX_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
+        return f"KDJAX_DISTRIBUTED={env['KDJAX_DISTRIBUTED']}"
+    for name in _LAUNCHER_SIZES:
+        try:
+            if int(env.get(name, "1")) > 1:
+                return f"{name}={env[name]}"
+        except ValueError:
+            continue
+    return None
+
+
+def refuse_study_under_distributed(flag: bool = False, env: dict[str, str] | None = None) -> None:
+    """`kdjax run` is one driver for a whole study; as several processes of one job each would
+    drive it (and all but one wait forever on the ledger lock or in a collective)."""
+    why = multi_process_launch(flag, env)
+    if why is None:
+        return
+    raise RuntimeError(
+        f"kdjax run drives a whole study from ONE process, but this is one of several "
+        f"processes of a multi-process job ({why}). Launch a study as one driver with one "
+        "run per chip or GPU: start a Ray cluster (tpu/ray-start.sh on a TPU slice, "
+        "gpu/ray-slurm.sbatch under Slurm) and run `kdjax run MANIFEST --executor ray "
+        "--address auto --resources '{\"TPU\": 1}'` (or '{\"GPU\": 1}') once, on the head; or "
+        "run it once on one machine (executor local). Multi-process jax.distributed is for a "
+        "single large run: kdjax finetune / distill."
+    )

@@ -28,6 +28,12 @@ class DatasetPreset(Frozen):
     metric: str = Field(description="the metric reported for this dataset")
     source: str = Field(description="where the data comes from, in words")
     split_note: str = Field(description="how train/validation/test are obtained")
+    evidence: str = Field(
+        description="where the source's repo, files, features and label order were checked"
+    )
+    local_recipe: str | None = Field(
+        None, description="how to run the preset from local files when the hub source fails"
+    )
     data: DataConfig
 
 

@@ -45,13 +45,20 @@ class Simulator:
         rng: int | np.random.Generator = 0,
         outcomes: bool = True,
         lrs: tuple[float, ...] = (),
+        val_shift: Callable[[tuple[str, str], dict[str, Any]], float] | None = None,
+        as_json: bool = True,
+        same_runs: dict[str, tuple[Any, Any]] | None = None,
     ):
         self.truth, self.axes, self.pairs, self.seeds = truth, axes, pairs, seeds
         self.n, self.seed_sd, self.val_sd, self.outcomes = n_examples, seed_sd, val_sd, outcomes
-        self.lrs = lrs
+        self.lrs, self.val_shift = lrs, val_shift
+        self.dump = json.dumps if as_json else (lambda x: x)  # dicts: rows for memory only
+        # axis -> (a, b): b trains exactly like a (ce and kl: equal gradients), same draws
+        self.same_runs = {"distance": ("ce", "kl")} if same_runs is None else same_runs
         self.rng = np.random.default_rng(rng)
         datasets = sorted({p[0] for p in pairs})
         self.difficulty = {d: self.rng.uniform(-0.3, 0.3, n_examples) for d in datasets}
+        self.ids = {d: [f"{d}-{i}" for i in range(n_examples)] for d in datasets}
         self.rows: list[dict[str, Any]] = []
         self.done: dict[tuple, dict[str, Any]] = {}
 
@@ -62,15 +69,26 @@ class Simulator:
         if key in self.done:
             return self.done[key]["val_metric"]
         spec = dict(zip(AXES, p, strict=True)) if p else {"alpha": 0.0}
+        for axis, (a, b) in self.same_runs.items():
+            if p and spec[axis] == b:
+                twin = p[: AXES.index(axis)] + (a,) + p[AXES.index(axis) + 1 :]
+                self.run(pair, twin, seed, stage, lr)
+                row = {**self.done[(pair, twin, seed, lr)], axis: b, "stage": stage}
+                row["run_id"] = f"r{len(self.rows)}"
+                self.rows.append(row)
+                self.done[key] = row
+                return row["val_metric"]
         true = self.truth(pair, spec) if p else self.truth(pair, {"baseline": lr})
         shift = self.rng.normal(0, self.seed_sd)
         val = true + shift + self.rng.normal(0, self.val_sd)
+        if self.val_shift is not None and p:
+            val += self.val_shift(pair, spec)  # validation and test disagree by design
         prob = np.clip(true + shift + self.difficulty[pair[0]], 0.0, 1.0)
         correct = (self.rng.random(self.n) < prob).astype(float)
         result: dict[str, Any] = {"metric": "accuracy"}
         if self.outcomes:
-            ids = [f"{pair[0]}-{i}" for i in range(self.n)]
-            result["test_outcomes"] = {"ids": ids, "values": correct.tolist()}
+            values = correct.tolist() if self.dump is json.dumps else correct
+            result["test_outcomes"] = {"ids": self.ids[pair[0]], "values": values}
         row = {
             "run_id": f"r{len(self.rows)}",
             "kind": "baseline" if p is None else "distill",
@@ -88,8 +106,8 @@ class Simulator:
             "val_metric": float(val),
             "test_metric": float(correct.mean()),
             "metric_name": "accuracy",
-            "result_json": json.dumps(result),
-            "config_json": json.dumps({"train": {"learning_rate": lr}}),
+            "result_json": self.dump(result),
+            "config_json": self.dump({"train": {"learning_rate": lr}}),
         }
         self.rows.append(row)
         self.done[key] = row

@@ -108,3 +108,25 @@ def manifest(tmp_path, name="m.yaml", **over):
     path = tmp_path / name
     path.write_text(yaml.safe_dump(d))
     return path
+
+
+def timed(config_json: str) -> dict:
+    """For the scale-out tests: sleeps 0.4 s x epochs, times the student's layers for the
+    first stage's runs (the baseline and the default point ce, alpha 0.5), 0.2 s for a
+    teacher; records its own start and end time, process and TPU environment in
+    OUTPUT_DIR/timing.json."""
+    cfg = json.loads(config_json)
+    start = time.time()
+    kd = cfg.get("kd") or {}
+    if cfg.get("teacher") is None:
+        time.sleep(0.2)
+    else:
+        first = kd.get("alpha") == 0 or (kd.get("distance"), kd.get("alpha")) == ("ce", 0.5)
+        layers = cfg["model"].get("layers", 1) if first else 1
+        time.sleep(0.4 * layers * cfg["train"]["epochs"])
+    out = Path(cfg["output_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    tpu = {k: v for k, v in os.environ.items() if k.startswith("TPU_")}
+    record = {"start": start, "end": time.time(), "pid": os.getpid(), "tpu": tpu}
+    (out / "timing.json").write_text(json.dumps(record))
+    return result(cfg, score(cfg))

@@ -1,8 +1,9 @@
 """The analysis layer on synthetic ledgers whose answers are known by construction.
 
 Scores = base(pair) + additive effects per option + small seeded noise; on one pair mse is
-catastrophic. Expected winners and regrets are recomputed here by brute force from the raw
-table, independently of kdjax.analysis, and checked against the planted effects.
+catastrophic. Expected effects, winners and the single configuration are recomputed here by
+brute force from the raw table, independently of kdjax.analysis, and checked against the
+planted effects. (No per-example outcomes here: tests/test_analysis_effects.py has those.)
 """
 
 import itertools
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from kdjax.analysis import analyse, compare, find_gaps, load_study, write_report
+from kdjax.analysis import analyse, find_gaps, load_study, write_report
 from kdjax.analysis.configs import BASELINE, config_of
 from kdjax.analysis.report import main as report_main
 from kdjax.sweep.ledger import NAMES, Ledger
@@ -127,27 +128,42 @@ def build_ledger(workdir, table, skip=(), status=None):
 
 
 def brute_force(table, pairs=PAIRS):
-    """Means over seeds, validation-chosen bests, option regrets and the single best."""
+    """Means over seeds; per axis the validation-best option (groups centred, averaged over the
+    settings of the other knobs, then pairs) and each option's test effect (points) averaged
+    the same way; the single configuration with the smallest mean validation regret."""
     mean = {}
     for (pair, cfg, _), (v, t) in table.items():
         mean.setdefault((pair, cfg), []).append((v, t))
     mean = {k: tuple(np.mean(x, axis=0)) for k, x in mean.items()}
-    best = {p: max(CONFIGS, key=lambda c: mean[p, c][0]) for p in pairs if (p, CONFIGS[0]) in mean}
-    regret = {}
+    best_axis, effect = {}, {}
     for i, (axis, options) in enumerate(AXES.items()):
+        others = [c for c in CONFIGS if c[i] == options[0]]
+        val, test = {o: [] for o in options}, {o: [] for o in options}
+        for p in pairs:
+            pv, pt = {o: [] for o in options}, {o: [] for o in options}
+            for c in others:
+                group = {o: c[:i] + (o,) + c[i + 1 :] for o in options}
+                centre = np.mean([mean[p, g][0] for g in group.values()])
+                for o, g in group.items():
+                    pv[o].append(mean[p, g][0] - centre)
+                    pt[o].append(mean[p, g][1])
+            for o in options:
+                val[o].append(np.mean(pv[o]))
+                test[o].append(pt[o])
+        b = max(options, key=lambda o: np.mean(val[o]))
+        best_axis[axis] = b
         for o in options:
-            for p, b in best.items():
-                sub = [c for c in CONFIGS if c[i] == o and (p, c) in mean]
-                c = max(sub, key=lambda c: mean[p, c][0])
-                regret[axis, o, p] = mean[p, b][1] - mean[p, c][1]
-    norm = {c: np.mean([mean[p, c][0] / mean[p, best[p]][0] for p in best]) for c in CONFIGS}
-    single = max(CONFIGS, key=lambda c: norm[c])
-    single_regret = {p: mean[p, best[p]][1] - mean[p, single][1] for p in best}
-    return mean, best, regret, single, single_regret
+            per_pair = [np.mean(np.subtract(x, y)) for x, y in zip(test[o], test[b], strict=True)]
+            effect[axis, o] = 100 * np.mean(per_pair)
+    best = {p: max(CONFIGS, key=lambda c: mean[p, c][0]) for p in pairs}
+    vreg = {c: np.mean([mean[p, best[p]][0] - mean[p, c][0] for p in pairs]) for c in CONFIGS}
+    single = min(CONFIGS, key=lambda c: vreg[c])
+    single_regret = {p: 100 * (mean[p, best[p]][1] - mean[p, single][1]) for p in pairs}
+    return mean, best, best_axis, effect, single, single_regret
 
 
 def as_tuple(config):
-    return (config["teacher_checkpoint"], config["distance"], config["alpha"], config["tau_t"])
+    return (config["teacher"], config["distance"], config["alpha"], config["tau_t"])
 
 
 @pytest.fixture(scope="module")
@@ -158,85 +174,65 @@ def full(tmp_path_factory):
     return table, workdir, analyse(study)
 
 
-def test_pair_winners_and_kd_gain(full):
-    table, _, e = full
-    mean, best, *_ = brute_force(table)
-    for pair in PAIRS:
-        r = e.pairs[pair]
-        assert as_tuple(r.best) == best[pair]
-        planted = ("ll", "ce" if pair == CATASTROPHE else "mse", 1.0)
-        assert best[pair][:3] == planted
-        assert r.gain == pytest.approx(mean[pair, best[pair]][1] - mean[pair, None][1], abs=1e-12)
-        assert r.best_minus_default == pytest.approx(
-            mean[pair, best[pair]][1] - mean[pair, ("hs", "ce", 0.5, 1.0)][1], abs=1e-12
-        )
-        assert r.teacher.test == pytest.approx(0.9 + 0.01 * int(pair[0][1]) - 0.005)
-
-
-def test_option_regrets_match_brute_force_and_construction(full):
-    table, _, e = full
-    _, _, regret, *_ = brute_force(table)
-    # Noise-free expectations from the planted effects: (mean, worst) regret.
+def test_effects_match_brute_force_and_construction(full):
+    table, _, r = full
+    _, _, best_axis, effect, *_ = brute_force(table)
+    # Planted contrasts to the best option (points); mse: +1 on five pairs, -22 on one.
     planted = {
-        ("distance", "mse"): ((0.23 - 0.01) / 6, 0.22),
-        ("distance", "kl"): ((5 * 0.02 + 0.01) / 6, 0.02),
-        ("distance", "ce"): (5 * 0.01 / 6, 0.01),
-        ("alpha", 0.5): (0.015, 0.015),
-        ("teacher", "hs"): (0.01, 0.01),
-        ("teacher", "ll"): (0.0, 0.0),
-    }
+        ("teacher", "hs"): -1.0, ("distance", "kl"): -1.0, ("distance", "mse"): -17 / 6,
+        ("alpha", 0.5): -1.5, ("tau_t", 1.0): -0.03,
+    }  # fmt: skip
+    assert best_axis == {"teacher": "ll", "distance": "ce", "alpha": 1.0, "tau_t": 2.0}
     for axis, options in AXES.items():
-        eff = e.axes["teacher_checkpoint" if axis == "teacher" else axis]
+        eff = r.axes["teacher_checkpoint" if axis == "teacher" else axis]
+        assert eff.best == best_axis[axis]
         for o in options:
             got = eff.option(o)
-            want = {p: regret[axis, o, p] for p in PAIRS}
-            assert got.n_pairs == len(PAIRS) and not got.missing
-            assert got.mean_regret == pytest.approx(np.mean(list(want.values())), abs=1e-12)
-            assert got.worst_regret == pytest.approx(max(want.values()), abs=1e-12)
-            assert got.worst_pair == max(want, key=want.get)
+            assert got.n_pairs == len(PAIRS)
+            assert got.effect == pytest.approx(effect[axis, o], abs=1e-9)
             if (axis, o) in planted:
-                m, w = planted[axis, o]
-                assert got.mean_regret == pytest.approx(m, abs=0.006)
-                assert got.worst_regret == pytest.approx(w, abs=0.006)
-    assert e.axes["distance"].option("mse").worst_pair == CATASTROPHE
-    assert e.axes["distance"].best_option == "ce"
-    assert e.axes["alpha"].best_option == 1.0
+                assert got.effect == pytest.approx(planted[axis, o], abs=0.15)
+    mse = r.axes["distance"].option("mse")
+    assert mse.per_pair()[CATASTROPHE] == pytest.approx(-22.0, abs=0.3)
+    assert "no detectable difference (MDE" in r.axes["tau_t"].option(1.0).verdict
+    assert r.axes["alpha"].option(0.5).verdict.startswith("worse by 1.5 pt (p")
+    # The catastrophe makes mse's pair contrasts spread widely: not detectable from 6 pairs.
+    assert mse.test.level == "pairs" and mse.p_adjusted > 0.05
 
 
 def test_single_best_configuration(full):
-    table, _, e = full
+    table, _, r = full
     *_, single, single_regret = brute_force(table)
-    best = e.best_single
-    assert e.ranking_complete and len(e.ranking) == len(CONFIGS)
-    assert as_tuple(best.config) == single
+    rec = r.recommendation
+    assert rec["n_candidates"] == len(CONFIGS) and rec["n_pairs"] == len(PAIRS)
+    assert as_tuple(rec["config"]) == single
     assert single[:3] == ("ll", "ce", 1.0)  # mse's catastrophe costs more than ce's 1 point
-    assert best.mean_regret == pytest.approx(np.mean(list(single_regret.values())), abs=1e-12)
-    assert best.worst_regret == pytest.approx(max(single_regret.values()), abs=1e-12)
-    assert best.worst_pair == max(single_regret, key=single_regret.get)
+    assert rec["mean_regret"] == pytest.approx(np.mean(list(single_regret.values())), abs=1e-9)
+    assert rec["worst_regret"] == pytest.approx(max(single_regret.values()), abs=1e-9)
+    lo, hi = rec["mean_regret_interval"]
+    assert lo <= rec["mean_regret"] <= hi and "Student-t" in rec["mean_regret_interval_kind"]
+    assert [x["dataset"] for x in rec["leave_one_dataset_out"]] == list(DATASETS)
+    assert rec["reference"]["run_everywhere"] is False  # no tau_s 1 in this grid
 
 
-def test_noise_vs_real_differences(full):
-    _, _, e = full
-    tau = e.axes["tau_t"].comparisons
-    assert len(tau) == 1 and tau[0].within_noise is True
-    assert "within noise" in tau[0].verdict
-    alpha = e.axes["alpha"].comparisons[0]
-    assert alpha.within_noise is False and alpha.diff == pytest.approx(0.015, abs=0.003)
-    ce_kl = compare(e, "distance", "ce", "kl")
-    assert ce_kl.within_noise is False and ce_kl.lo > 0
-    assert ce_kl.n_units == len(PAIRS) * len(SEEDS)
-    assert compare(e, "tau_t", 2.0, 1.0).within_noise is True
+def test_kd_gain_per_pair(full):
+    table, _, r = full
+    mean = brute_force(table)[0]
+    for g in r.gains:
+        dflt = ("hs", "ce", 0.5, 1.0)
+        want = mean[g.pair, dflt][1] - mean[g.pair, None][1]
+        assert g.default.mean == pytest.approx(want, abs=1e-12)
+        assert g.default_test.level == "seeds"  # no per-example outcomes: seed noise only
 
 
-def test_diagnostics_and_seed_spread(full):
-    _, _, e = full
-    by_distance = e.diagnostics["distance"]
+def test_diagnostics(full):
+    _, _, r = full
+    by_distance = r.diagnostics["distance"]
     assert by_distance["mse"]["agreement_dist"][0] == pytest.approx(0.8)
     assert by_distance["ce"]["agreement_dist"] == (pytest.approx(0.9), len(PAIRS))
-    assert e.diagnostics["tau_t"][2.0]["kl_t1"][0] == pytest.approx(0.2)
-    assert e.diagnostics["tau_t"]["no KD"]["kl_t1"][0] == pytest.approx(0.4)
-    assert e.axes["alpha"].option(0.5).regret_std is not None  # 2 seeds: spread shown
-    assert find_gaps(e).complete
+    assert r.diagnostics["tau_t"][2.0]["kl_t1"][0] == pytest.approx(0.2)
+    assert r.diagnostics["tau_t"]["no KD"]["kl_t1"][0] == pytest.approx(0.4)
+    assert find_gaps(r).complete
 
 
 def test_tau_s_same_is_resolved_but_kept():
@@ -249,7 +245,7 @@ def test_tau_s_same_is_resolved_but_kept():
 
 
 def test_manifest_axes_alpha_zero_option_and_greedy_note(full, tmp_path):
-    _, workdir, e = full
+    table, workdir, _ = full
     shutil.copy(workdir / "ledger.sqlite", tmp_path / "ledger.sqlite")
     db = sqlite3.connect(tmp_path / "ledger.sqlite")
     with db:
@@ -259,15 +255,18 @@ def test_manifest_axes_alpha_zero_option_and_greedy_note(full, tmp_path):
     manifest = {"name": "m", "axes": axes, "tau_squared": False}
     (tmp_path / "manifest.resolved.yaml").write_text(yaml.safe_dump(manifest))
     study = load_study(tmp_path)
+    assert study.strategy == "greedy"  # from the stage labels
     assert study.axes["teacher_checkpoint"] == ["hs", "ll"]
     assert study.axes["alpha"] == [0.0, 0.5, 1.0] and study.swept[-1] == "tau_t"
-    e0 = analyse(study, default={"distance": "ce", "alpha": 0.5}, n_boot=200)
-    no_kd = e0.axes["alpha"].option(0.0)  # alpha 0 listed: the baseline is that option
-    for p in PAIRS:
-        assert no_kd.regret[p] == pytest.approx(e.pairs[p].gain, abs=1e-12)
-        assert as_tuple(e0.pairs[p].best) == as_tuple(e.pairs[p].best)
-    assert len(e0.ranking) == len(CONFIGS) + 1
-    assert any(n.startswith("Greedy search") for n in find_gaps(e0).notes)
+    r = analyse(study)
+    mean, best = brute_force(table)[:2]
+    no_kd = r.axes["alpha"].option(0.0)  # alpha 0 listed: the baseline is that option
+    assert r.axes["alpha"].best == 1.0 and no_kd.n_pairs == len(PAIRS)
+    for p in PAIRS:  # around each pair's best: no KD minus it
+        want = 100 * (mean[p, None][1] - mean[p, best[p]][1])
+        assert no_kd.per_pair()[p] == pytest.approx(want, abs=1e-9)
+    assert r.recommendation["n_candidates"] == len(CONFIGS) + 1
+    assert any(n.startswith("Greedy search without a sensitivity") for n in find_gaps(r).notes)
 
 
 def test_partial_ledger_reports_what_is_missing(tmp_path):
@@ -288,48 +287,66 @@ def test_partial_ledger_reports_what_is_missing(tmp_path):
         return "failed" if (pair == ("d2", "big") and cfg == ("hs", "ce", 0.5, 1.0)) else "done"
 
     workdir = build_ledger(tmp_path, table, skip, status)
-    e = analyse(load_study(workdir, axes=AXES))
-    g = find_gaps(e)
+    r = analyse(load_study(workdir, axes=AXES))
+    g = find_gaps(r)
     assert not g.complete
     assert g.count("failed") == 1 + 2 + 2 and g.count("pending") == 2
     assert g.no_teacher == [("d2", "failed")]
     assert g.no_baseline == [(("d1", "big"), "failed")]
-    assert e.axes["distance"].option("mse").missing == [skipped]
+    mse = r.axes["distance"].option("mse")
+    assert mse.n_pairs == 5 and skipped not in mse.contrasts
+    assert skipped in r.axes["distance"].option("kl").contrasts  # from its partial group
     notes = "\n".join(g.notes)
-    assert "distance: regret of mse is computed on 5 of 6 pairs (not run on d3/big)" in notes
-    assert "KD gain over no KD is computed on 5 of 6 pairs" in notes
+    assert "distance: the effect of mse uses 5 of 6 pairs" in notes
+    assert "No finished no-KD baseline for 1 pair(s): d1/big (failed)" in notes
     assert "Teacher score missing for: d2 (failed)" in notes
-    assert e.ranking_complete and len(e.ranking) == len(CONFIGS) - 8 - 2
+    assert r.recommendation["n_candidates"] == len(CONFIGS) - 8 - 2
     out = write_report(workdir, n_boot=200)
     md = (out / "report.md").read_text()
-    assert "This ledger is incomplete" in md and "regret of mse is computed on 5 of 6" in md
+    assert "This ledger is incomplete" in md and "the effect of mse uses 5 of 6" in md
     assert "Failed runs (5)" in md and "loss became nan at step 3" in md
     assert "| d1/small | distill | 2 | 0 |" in md  # the unfinished runs, by pair
 
 
 def test_write_report_files(full):
-    _, workdir, _ = full
+    _, workdir, r = full
     out = write_report(workdir, n_boot=200)
     md = (out / "report.md").read_text()
     for section in (
-        "Best single configuration",
+        "One configuration for every pair",
         "Effect of each parameter",
         "KD gain",
-        "One configuration for every pair",
+        "Ranks across pairs",
+        "Friedman test over 6 pairs",
+        "Breakdowns",
         "Diagnostics",
         "Gaps and caveats",
     ):
         assert section in md
     html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<table>" in html
     assert html.count("data:image/png;base64,") >= 5 and "http" not in html.split("<body>")[1]
-    pngs = sorted(out.glob("*.png"))
-    assert len(pngs) == 5
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == [
+        "cd_diagram_1.png", "cd_diagram_4.png", "diagnostics.png", "effects_forest.png",
+        "kd_gain.png", "regret_single_configs.png",
+    ]  # fmt: skip
     import matplotlib.image
 
     for png in pngs:
-        data = png.read_bytes()
+        data = (out / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1024
-        assert matplotlib.image.imread(png).shape[0] > 100
+        assert matplotlib.image.imread(out / png).shape[0] > 100
+    import pandas as pd
+
+    df = pd.read_csv(out / "effects.csv")
+    assert list(df.columns) == [
+        "axis", "option", "effect", "ci_low", "ci_high", "p_value", "verdict", "n_pairs"
+    ]  # fmt: skip
+    assert len(df) == sum(len(v) for v in AXES.values())
+    assert json.loads((out / "recommendation.json").read_text()) == json.loads(
+        json.dumps(r.recommendation)
+    )
     lines = (out / "runs.csv").read_text().splitlines()
     assert len(lines) == 1 + len(DATASETS) + len(PAIRS) * len(SEEDS) * (len(CONFIGS) + 1)
     import pyarrow.parquet as pq

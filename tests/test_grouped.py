@@ -1,5 +1,6 @@
 """Grouped training: K members in one compiled step end exactly where their solo runs end."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,10 @@ def _same_run(group: dict, solo: dict, group_dir: Path, solo_dir: Path) -> None:
     assert group["best_epoch"] == solo["best_epoch"] and group["steps"] == solo["steps"]
     assert group["kd"] == solo["kd"] and group["teacher_checkpoint"] == solo["teacher_checkpoint"]
     assert (group_dir / "result.json").is_file()
+    # Per-example test outcomes: the same predictions, kept in the result and beside it.
+    assert group["test_outcomes"] == solo["test_outcomes"]
+    on_disk = json.loads((group_dir / "test_outcomes.json").read_text())
+    assert on_disk == group["test_outcomes"] and len(on_disk["ids"]) == len(on_disk["values"])
 
 
 def _trained(root: Path, task: str, data: dict, labels: list[str], extra=(), **train_cfg):

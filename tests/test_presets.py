@@ -43,6 +43,11 @@ def test_the_study_grid():
         assert p.metric == ("accuracy" if p.task == "classification" else "f1")
         if p.task != "extractive_qa":
             assert p.data.labels and len(set(p.data.labels)) == len(p.data.labels)
+        # Evidence for the source; a repo whose main branch is a loading script is read from
+        # the hub's parquet conversion, with a local-files recipe beside it.
+        assert p.data.hub.name in p.evidence
+        if "loading script" in p.evidence:
+            assert p.data.hub.revision == "refs/convert/parquet" and p.local_recipe
     assert presets["mnli"].data.hub.test == "validation_matched"  # matched accuracy
     assert presets["mrqa_nq"].data.hub.filter == {"subset": "NaturalQuestionsShort"}
 

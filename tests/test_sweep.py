@@ -149,6 +149,10 @@ def test_greedy_finds_the_planted_best_and_runs_each_config_once(tmp_path):
     # distances and alpha 0.5 are new (tau_t 1/4 and tau_s 1 ran in their stages); transfer:
     # the two winners ran in each other's sensitivity stage, the reference (ll, ce, 1, 2, 1) is new.
     assert len(calls) == 1 + 2 * 2 * (9 + 4 + 1) and out["done"] == len(calls)
+    # The bar's total is the study's planned run count up front (an upper bound: stages reuse
+    # their incumbent's runs), corrected to the true count as stages are known.
+    assert out["planned_total"] == 1 + 2 * (4 + 2 * (1 + 2 + 1 + 2 + 1 + 6)) + 4 * 2 * 2
+    assert out["total"] == len(calls)
     with Ledger(tmp_path / "w" / "ledger.sqlite") as ledger:
         rows = ledger.rows()
         assert len(rows) == len(calls) and all(r["status"] == "done" for r in rows)

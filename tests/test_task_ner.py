@@ -276,6 +276,13 @@ def test_evaluate_constructed_prediction(val):
         want["precision"],
         want["recall"],
     )
+    # Per-sentence entity counts add up to the corpus F1.
+    out = TASK.outcomes(z, val, LABELS)
+    tp, n_pred, n_gold = np.asarray(out["counts"]).sum(0)
+    assert out["ids"] == list(range(len(gold))) and len(out["values"]) == len(gold)
+    assert 2 * tp / (n_pred + n_gold) == pytest.approx(m["f1"])
+    right = [int(t == p) for t, p in zip(gold, pred, strict=True)]  # no damage: all entities right
+    assert all(v >= r for v, r in zip(out["values"], right, strict=True))
     seqeval = require("seqeval.metrics", "seqeval")
     assert m["f1"] == seqeval.f1_score(gold, pred)
     flat_gold = [t for tags in gold for t in tags]

@@ -264,6 +264,17 @@ def test_decode_gold_logits_reproduce_gold(dev):
     assert out["exact_match"] == 1.0 and out["f1"] == 1.0
 
 
+def test_outcomes_per_question_average_to_the_metrics(dev):
+    rng = np.random.default_rng(0)
+    logits = _gold_logits(dev, rng)
+    logits[::2] = rng.normal(size=logits[::2].shape)  # wrong, or partly right, on some rows
+    m, out = TASK.evaluate(logits, dev, ()), TASK.outcomes(logits, dev, ())
+    assert out["ids"] == list(dev.meta["ids"]) and set(out["em"]) <= {0, 1}
+    assert 0 < m["f1"] < 1
+    assert np.mean(out["values"]) == pytest.approx(m["f1"], abs=1e-4)
+    assert np.mean(out["em"]) == pytest.approx(m["exact_match"])
+
+
 def test_decode_respects_max_answer_length(tok):
     context = "alpha beta gamma delta epsilon zeta eta theta"
     cols = {

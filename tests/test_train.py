@@ -84,6 +84,13 @@ def test_finetune_writes_its_outputs(teacher_run):
         assert 0.0 <= result[split]["accuracy"] <= 1.0 and result[split]["loss"] > 0
     assert result["steps"] == 12  # ceil(48 / 12) * 3
     assert result["versions"]["jax"] and result["wall_time_s"] > 0
+    # One 0/1 outcome per test example (their mean is the accuracy), also in a small file.
+    outcomes = result["test_outcomes"]
+    assert outcomes["ids"] == list(range(result["data"]["examples"]["test"]))
+    assert set(outcomes["values"]) <= {0, 1}
+    assert np.mean(outcomes["values"]) == pytest.approx(result["test"]["accuracy"])
+    assert json.loads((out / "test_outcomes.json").read_text()) == outcomes
+    assert "outcomes" not in result["test"]
     assert (out / "model" / "model.safetensors").is_file()
     assert (out / "model" / "tokenizer.json").is_file() or (out / "model" / "vocab.txt").is_file()
     for which in ("hs", "ll", "last"):

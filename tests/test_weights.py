@@ -92,25 +92,29 @@ def miniature(tmp_path_factory):
     return ref.bert, dirs
 
 
-# Runs with torch not importable: the encoder's last hidden state and the tokenizer's ids.
+# Runs with torch not importable: the encoder's last hidden state from the main layout (which
+# reads flax_model.msgpack), the other layouts' weights compared with it, the tokenizer's ids.
 _NO_TORCH = r"""
 import json, sys
 sys.modules["torch"] = None  # `import torch` raises ImportError from here on
 import jax.numpy as jnp, numpy as np
 from kdjax.models import from_pretrained
+from kdjax.models.hf import _normalise_keys
 from kdjax.models.tokenizer import load_tokenizer
-from kdjax.models.weights import weight_files
-out = {}
+from kdjax.models.weights import read_weights
 ids, mask, types = (np.array(x) for x in json.loads(sys.argv[1]))
-for name, path in json.loads(sys.argv[2]).items():
-    m = from_pretrained(path, "classification", 2)
-    h = m.encoder(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(types))
-    tok = load_tokenizer(path)
+dirs = json.loads(sys.argv[2])
+m = from_pretrained(dirs["main"], "classification", 2)
+out = {"hidden": np.asarray(m.encoder(*map(jnp.asarray, (ids, mask, types)))).tolist()}
+ref = _normalise_keys(read_weights(dirs["main"]), "bert")
+for name, path in dirs.items():
+    w = _normalise_keys(read_weights(path), "bert")
     out[name] = {
-        "hidden": np.asarray(h).tolist(),
-        "ids": tok("The FILM was Great")["input_ids"],
-        "torch_loaded": "torch" in sys.modules and sys.modules["torch"] is not None,
+        "keys_equal": sorted(w) == sorted(ref),
+        "max_diff": max(float(np.abs(w[k] - ref[k]).max()) for k in ref),
+        "ids": load_tokenizer(path)("The FILM was Great")["input_ids"],
     }
+out["torch_loaded"] = sys.modules["torch"] is not None
 print(json.dumps(out))
 """
 
@@ -125,10 +129,17 @@ def test_miniature_layouts_load_without_torch(miniature):
     types = np.zeros_like(ids)
     types[0, 4:] = 1
     run = subprocess.run(
-        [sys.executable, "-c", _NO_TORCH, json.dumps([ids.tolist(), mask.tolist(), types.tolist()]),
-         json.dumps({k: str(v) for k, v in dirs.items()})],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            _NO_TORCH,
+            json.dumps([ids.tolist(), mask.tolist(), types.tolist()]),
+            json.dumps({k: str(v) for k, v in dirs.items()}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(run.stdout.strip().splitlines()[-1])
     with torch.no_grad():
@@ -138,11 +149,13 @@ def test_miniature_layouts_load_without_torch(miniature):
             token_type_ids=torch.tensor(types),
         ).last_hidden_state.numpy()
     real = mask.astype(bool)
+    assert real.sum() < real.size  # the batch really has padding
+    ours = np.asarray(got["hidden"])
+    np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0)
+    assert not got["torch_loaded"]
     want_ids = [VOCAB.index(t) for t in ("[CLS]", "the", "film", "was", "great", "[SEP]")]
-    for name in dirs:
-        assert not got[name]["torch_loaded"]
-        ours = np.asarray(got[name]["hidden"])
-        np.testing.assert_allclose(ours[real], theirs[real], atol=1e-4, rtol=0, err_msg=name)
+    for name in dirs:  # the zip and legacy .bin hold exactly the msgpack's weights
+        assert got[name]["keys_equal"] and got[name]["max_diff"] == 0.0, name
         assert got[name]["ids"] == want_ids, name  # uncased vocabulary: lower-cased input
 
 
@@ -190,23 +203,49 @@ def test_a_tensor_reaching_past_its_storage_is_refused(tmp_path):
         read_torch_bin(tmp_path / "bad.bin")
 
 
-MINIATURE_FILES = [".gitattributes", "README.md", "config.json", "flax_model.msgpack",
-                   "pytorch_model.bin", "tf_model.h5", "vocab.txt"]  # fmt: skip
-LARGE_FILES = [".gitattributes", "README.md", "config.json", "coreml/model.mlmodel",
-               "flax_model.msgpack", "model.onnx", "model.safetensors", "pytorch_model.bin",
-               "rust_model.ot", "tf_model.h5", "tokenizer.json", "tokenizer_config.json",
-               "vocab.txt"]  # fmt: skip
+MINIATURE_FILES = [
+    ".gitattributes",
+    "README.md",
+    "config.json",
+    "flax_model.msgpack",
+    "pytorch_model.bin",
+    "tf_model.h5",
+    "vocab.txt",
+]
+LARGE_FILES = [
+    ".gitattributes",
+    "README.md",
+    "config.json",
+    "coreml/model.mlmodel",
+    "flax_model.msgpack",
+    "model.onnx",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "rust_model.ot",
+    "tf_model.h5",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.txt",
+]
 
 
 def test_one_weight_file_is_downloaded(monkeypatch, tmp_path):
-    assert checkpoint_files(MINIATURE_FILES, "m") == ["config.json", "vocab.txt",
-                                                      "flax_model.msgpack"]  # fmt: skip
+    assert checkpoint_files(MINIATURE_FILES, "m") == [
+        "config.json",
+        "vocab.txt",
+        "flax_model.msgpack",
+    ]
     picked = checkpoint_files(LARGE_FILES, "l")
     assert [f for f in picked if "model" in f and f != "tokenizer_config.json"] == [
         "model.safetensors"
     ]
-    sharded = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-               "model-00002-of-00002.safetensors", "pytorch_model.bin"]  # fmt: skip
+    sharded = [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "pytorch_model.bin",
+    ]
     assert checkpoint_files(sharded, "s")[1:] == sharded[1:4]
     with pytest.raises(FileNotFoundError, match="no config.json"):
         checkpoint_files(["pytorch_model.bin"], "x")
@@ -214,8 +253,9 @@ def test_one_weight_file_is_downloaded(monkeypatch, tmp_path):
     import huggingface_hub
 
     fetched = []
-    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, r, revision=None:
-                        LARGE_FILES)  # fmt: skip
+    monkeypatch.setattr(
+        huggingface_hub.HfApi, "list_repo_files", lambda self, r, revision=None: LARGE_FILES
+    )
 
     def fake_download(repo, filename, revision=None):
         fetched.append(filename)
@@ -224,8 +264,13 @@ def test_one_weight_file_is_downloaded(monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     assert download_checkpoint("google-bert/bert-large-uncased") == tmp_path
-    assert sorted(fetched) == ["config.json", "model.safetensors", "tokenizer.json",
-                               "tokenizer_config.json", "vocab.txt"]  # fmt: skip
+    assert sorted(fetched) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+    ]
 
 
 def test_a_hub_id_is_accepted_as_teacher(monkeypatch, tmp_path):
@@ -244,3 +289,20 @@ def test_a_hub_id_is_accepted_as_teacher(monkeypatch, tmp_path):
     msg = teacher_head_problem({"architectures": ["BertForMaskedLM"]}, "classification")
     assert "without a classification head" in msg and "kdjax teacher" in msg
     assert "has no token_classification head" in teacher_head_problem(HF, "token_classification")
+
+
+def test_old_key_names_map_and_pretraining_heads_are_dropped():
+    from kdjax.models.hf import _normalise_keys
+
+    w = {
+        "bert.embeddings.LayerNorm.gamma": 1,
+        "bert.encoder.layer.0.output.LayerNorm.beta": 2,
+        "bert.pooler.dense.weight": 3,
+        "cls.predictions.bias": 4,
+        "cls.seq_relationship.weight": 5,
+    }
+    assert _normalise_keys(w, "bert") == {
+        "embeddings.LayerNorm.weight": 1,
+        "encoder.layer.0.output.LayerNorm.bias": 2,
+        "pooler.dense.weight": 3,
+    }

@@ -1,5 +1,9 @@
-"""The study's analysis: effects of each KD parameter, the cost of sub-optimal choices, the
-best single configuration, and the report (Markdown, HTML, figures) built from a ledger."""
+"""The study's analysis, from a ledger: each option's effect as a paired contrast (chosen on
+validation, reported on test, with calibrated intervals and minimum detectable effects), the
+single configuration for every pair with its regrets, the KD gain, ranks across pairs, and the
+report (Markdown, HTML, figures, effects.csv, recommendation.json).
+
+`effects_frame(workdir)` and `recommendation(workdir)` return the machine-readable answers."""
 
 from importlib import import_module
 from typing import Any
@@ -9,8 +13,7 @@ _EXPORTS = {
     "analyse_workdir": "report",
     "load_study": "load",
     "seed_table": "load",
-    "analyse": "effects",
-    "compare": "effects",
+    "analyse": "results",
     "find_gaps": "gaps",
     "effects_frame": "results",
     "recommendation": "results",

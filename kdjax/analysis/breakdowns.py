@@ -53,19 +53,33 @@ def diagnostics_by(study: Study, axis: str) -> dict[Any, dict[str, tuple[float, 
     return out
 
 
-def score_grid(
-    study: Study, pairs: list[Pair], line: str, x: str
-) -> dict[Any, dict[Any, tuple[float, int]]]:
-    """Mean over pairs of the test score with `line` and `x` fixed (others at their best)."""
-    out: dict[Any, dict[Any, tuple[float, int]]] = {}
-    for lo in study.axes.get(line, []):
-        for xo in study.axes.get(x, []):
-            per_pair = {}
-            for pair in pairs:
-                c = study.best(pair, {line: lo, x: xo})
-                if c is not None:
-                    per_pair[pair] = [study.candidates(pair)[c].test_mean]
-            m = _mean_over_pairs(per_pair)
-            if m is not None:
-                out.setdefault(lo, {})[xo] = m
+def task_of(study: Study) -> dict[str, str]:
+    """Dataset -> task family, from the ledger's task column."""
+    out: dict[str, str] = {}
+    for r in study.rows:
+        if r.get("task"):
+            out.setdefault(r["dataset"], r["task"])
     return out
+
+
+def effects_by(results: Any, by: str) -> Any:
+    """Per (axis, option) that is not the best: the mean contrast (points) over the pairs of
+    each task family (`by="task"`) or student (`by="student"`), as a pandas DataFrame of
+    "effect (pairs)" strings; there is no test per cell (few pairs each)."""
+    import pandas as pd
+
+    task = task_of(results.study)
+    rows = []
+    for axis, eff in results.axes.items():
+        for o in eff.options:
+            if o.is_best:
+                continue
+            for pair, v in o.per_pair().items():
+                group = task.get(pair[0], "?") if by == "task" else pair[1]
+                rows.append({"axis": axis, "option": o.option, "group": group, "effect": v})
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    agg = df.groupby(["axis", "option", "group"], sort=False)["effect"].agg(["mean", "count"])
+    cell = agg.apply(lambda r: f"{r['mean']:.2f} ({int(r['count'])})", axis=1)
+    return cell.unstack("group").fillna("-")

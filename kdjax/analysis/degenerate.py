@@ -1,9 +1,9 @@
 """Degenerate and equivalent options, found in the ledger rather than assumed.
 
-- a pair whose student never moves: every finished run of the pair (KD and no KD) ends with
-  exactly the same test score (and the same per-example outcomes when recorded), as a student
-  stuck on its initial or majority-class predictions does; its pair is reported apart and left
-  out of every mean, since no option can be told from another there;
+- a pair whose student never moves: every finished KD run of the pair ends with exactly the
+  same test score (and the same per-example outcomes when recorded), as a student stuck on its
+  initial or majority-class predictions does; its pair is reported apart and left out of every
+  mean, since no option can be told from another there;
 - a teacher whose hs and ll checkpoints are the same epoch: distilling from either is one run;
 - ce and kl: equal gradients with respect to the student's logits (they differ by the teacher's
   entropy, a constant), so they train identically; their effects are ~0 by construction.
@@ -20,28 +20,36 @@ EQUIVALENT = (("distance", "ce", "kl"),)
 
 
 def stuck_pairs(study: Study) -> dict[Pair, str]:
-    """Pairs whose runs all tie exactly, with the reason shown in the report."""
+    """Pairs whose KD runs all tie exactly, with the reason shown in the report."""
     out = {}
     for pair in study.pairs:
-        cells = list(study.cells.get(pair, {}).values())
-        for by_lr in study.baselines.get(pair, {}).values():
-            cells.append(by_lr)
+        cells = [x for c, x in study.cells.get(pair, {}).items() if not c.is_baseline]
         runs = [(cell, s) for cell in cells for s in cell.test]
-        if len({id(c) for c, _ in runs}) < 2:
+        if len({id(c) for c, _ in runs}) < 2 or not _tie(runs):
             continue
-        scores = {cell.test[s] for cell, s in runs}
-        if len(scores) != 1:
-            continue
-        outs = [cell.outcomes[s] for cell, s in runs if s in cell.outcomes]
-        if outs and any(not np.array_equal(_vec(o), _vec(outs[0])) for o in outs):
-            continue
-        n = len({id(c) for c, _ in runs})
+        score = runs[0][0].test[runs[0][1]]
+        base = [(x, s) for x in study.baselines.get(pair, {}).values() for s in x.test]
+        also = (
+            "; so does every no-KD run"
+            if base and _tie(runs + base)
+            else "; the no-KD baseline differs"
+            if base
+            else ""
+        )
         out[pair] = (
-            f"all {len(runs)} finished runs ({n} configurations, no KD included) have the same "
-            f"test score {next(iter(scores)) * 100:.2f}: the student never moves off one "
+            f"all {len(runs)} finished KD runs ({len(cells)} configurations) have the same test "
+            f"score {score * 100:.2f} and outcomes{also}: the student never moves off one "
             "prediction pattern (e.g. its initial or majority-class predictions)"
         )
     return out
+
+
+def _tie(runs: list) -> bool:
+    """Every run has the same test score, and the same per-example outcomes where kept."""
+    if len({cell.test[s] for cell, s in runs}) != 1:
+        return False
+    outs = [cell.outcomes[s] for cell, s in runs if s in cell.outcomes]
+    return not any(not np.array_equal(_vec(o), _vec(outs[0])) for o in outs)
 
 
 def _vec(o: object) -> np.ndarray:
@@ -60,10 +68,15 @@ def equivalence_notes(study: Study) -> list[str]:
     for axis, a, b in EQUIVALENT:
         opts = study.axes.get(axis, [])
         if a in opts and b in opts:
+            shared = (study.manifest.get("search") or {}).get("equivalent_distances")
+            how = (
+                "they were run once and reported under both names"
+                if shared == "share"
+                else "listing one of them (or `search.equivalent_distances: share`) saves the runs"
+            )
             notes.append(
                 f"{axis}: {a} and {b} train identically (equal gradients; the losses differ by "
-                "the teacher's entropy, a constant), so their effect is 0 by construction. "
-                "Listing one of them (or `search.equivalent_distances: share`) saves the runs."
+                f"the teacher's entropy, a constant), so their effect is 0 by construction; {how}."
             )
     same = same_teacher_checkpoints(study)
     if same and len(study.axes.get("teacher_checkpoint", [])) > 1:

@@ -1,11 +1,12 @@
-"""The study's analysis definitions: every choice is made on validation, every number is test.
+"""What each option costs: fair, paired effects chosen on validation and reported on test.
 
-- pair best: the configuration with the highest mean validation score over seeds;
-- option score: among a pair's configurations having that option, the validation-best one's
-  test score (the other axes at their best); regret = pair best test - option score;
-- single best configuration: among those run on every pair, the highest mean normalised
-  validation score (score / the pair's best validation score);
-- KD gain: pair best test - no-KD baseline test.
+For an axis, each pair contributes the groups of configurations that differ in that axis only
+(`contrasts.choose_groups`: every setting of the other knobs under a grid, the group around the
+greedy optimum otherwise). The axis's best option is the one with the highest validation score
+in those groups (each group centred on its mean, averaged over a pair's groups, then over
+pairs). An option's effect is its test score minus the best option's in the same group and
+seed, averaged over seeds, groups and then pairs, in points: 0 for the best option, negative
+for worse ones. Pairs whose student never moves (`degenerate.stuck_pairs`) are left out.
 """
 
 from __future__ import annotations
@@ -15,278 +16,173 @@ from typing import Any
 
 import numpy as np
 
-from kdjax.analysis.breakdowns import diagnostics_by, score_grid
-from kdjax.analysis.configs import Config, Pair
-from kdjax.analysis.load import Cell, Study, Teacher
-from kdjax.analysis.stats import Comparison, compare_units, seed_spread
+from kdjax.analysis.configs import Config, Pair, fmt_value
+from kdjax.analysis.contrasts import Group, choose_groups
+from kdjax.analysis.degenerate import stuck_pairs
+from kdjax.analysis.load import Study
+from kdjax.analysis.stats import PTS, PairContrast, Test, compare_cells, holm
 
-
-def _paired(a: Cell, b: Cell) -> dict[int, float]:
-    return {s: a.test[s] - b.test[s] for s in a.test if s in b.test}
-
-
-def _worst(regret: dict[Pair, float]) -> tuple[float | None, Pair | None]:
-    if not regret:
-        return None, None
-    pair = max(regret, key=lambda p: regret[p])
-    return regret[pair], pair
+MANIFEST_NAME = {"teacher_checkpoint": "teacher"}
+COLUMNS = ["axis", "option", "effect", "ci_low", "ci_high", "p_value", "verdict", "n_pairs"]
 
 
 @dataclass
-class PairResult:
-    pair: Pair
-    metric: str | None
-    teacher: Teacher | None
-    baseline: Cell | None
-    best: Config | None
-    best_cell: Cell | None
-    n_configs: int
-    default: Config | None = None
-    default_cell: Cell | None = None
-    worst: Config | None = None  # the lowest validation score
-    worst_cell: Cell | None = None
-
-    @property
-    def gain(self) -> float | None:
-        if self.best_cell is None or self.baseline is None:
-            return None
-        return self.best_cell.test_mean - self.baseline.test_mean
-
-    @property
-    def gain_seeds(self) -> dict[int, float]:
-        if self.best_cell is None or self.baseline is None:
-            return {}
-        return _paired(self.best_cell, self.baseline)
-
-    @property
-    def best_minus_worst(self) -> float | None:
-        if self.best_cell is None or self.worst_cell is None:
-            return None
-        return self.best_cell.test_mean - self.worst_cell.test_mean
-
-    @property
-    def best_minus_default(self) -> float | None:
-        if self.best_cell is None or self.default_cell is None:
-            return None
-        return self.best_cell.test_mean - self.default_cell.test_mean
-
-
-@dataclass
-class Scored:
-    """Per-pair test scores and regrets of one choice (an option, or a configuration)."""
-
-    chosen: dict[Pair, Config] = field(default_factory=dict)
-    scores: dict[Pair, float] = field(default_factory=dict)
-    seed_scores: dict[Pair, dict[int, float]] = field(default_factory=dict)
-    regret: dict[Pair, float] = field(default_factory=dict)
-    seed_regret: dict[Pair, dict[int, float]] = field(default_factory=dict)
-
-    def add(self, pair: Pair, config: Config, cell: Cell, best: Cell) -> None:
-        self.chosen[pair] = config
-        self.scores[pair] = cell.test_mean
-        self.seed_scores[pair] = dict(cell.test)
-        self.regret[pair] = best.test_mean - cell.test_mean
-        self.seed_regret[pair] = _paired(best, cell)
+class OptionEffect:
+    axis: str
+    option: Any
+    is_best: bool
+    contrasts: dict[Pair, PairContrast] = field(default_factory=dict)
+    test: Test | None = None
+    p_adjusted: float | None = None  # Holm, within the effects table
 
     @property
     def n_pairs(self) -> int:
-        return len(self.regret)
+        return len(self.contrasts)
 
     @property
-    def mean_score(self) -> float | None:
-        return float(np.mean(list(self.scores.values()))) if self.scores else None
+    def effect(self) -> float | None:
+        """Mean test difference to the axis's best option, in points."""
+        if self.is_best:
+            return 0.0 if self.contrasts else None
+        return self.test.estimate * PTS if self.test and self.contrasts else None
 
     @property
-    def mean_regret(self) -> float | None:
-        return float(np.mean(list(self.regret.values()))) if self.regret else None
+    def interval(self) -> tuple[float | None, float | None]:
+        if self.is_best:
+            return (0.0, 0.0) if self.contrasts else (None, None)
+        t = self.test
+        if t is None or t.lo is None:
+            return None, None
+        return t.lo * PTS, t.hi * PTS
 
     @property
-    def regret_std(self) -> float | None:
-        """Spread over seeds of the mean regret."""
-        return seed_spread(self.seed_regret)
+    def verdict(self) -> str:
+        if self.is_best:
+            return "best option (chosen on validation)"
+        if not self.contrasts or self.test is None:
+            return "no pair ran this option next to the best one"
+        return self.test.verdict(self.p_adjusted)
 
-    @property
-    def worst_regret(self) -> float | None:
-        return _worst(self.regret)[0]
-
-    @property
-    def worst_pair(self) -> Pair | None:
-        return _worst(self.regret)[1]
-
-
-@dataclass
-class OptionEffect(Scored):
-    axis: str = ""
-    option: Any = None
-    missing: list[Pair] = field(default_factory=list)  # pairs with results, none with this option
+    def per_pair(self) -> dict[Pair, float]:
+        """Each pair's contrast (mean over seeds), in points."""
+        return {p: c.mean * PTS for p, c in self.contrasts.items()}
 
 
 @dataclass
 class AxisEffect:
     axis: str
-    default: Any
+    best: Any  # chosen on validation
     options: list[OptionEffect]
-    best_option: Any
-    comparisons: list[Comparison]  # each other option against the best option
-    per_pair: dict[Pair, dict[str, Any]]  # best_minus_worst, worst_option, best_minus_default
+    groups: dict[Pair, list[Group]]
+    val_scores: dict[Any, float]  # option -> mean centred validation score (points)
 
     def option(self, value: Any) -> OptionEffect:
         return next(o for o in self.options if o.option == value)
 
-
-@dataclass
-class Ranked(Scored):
-    config: Config | None = None
-    mean_norm_val: float = 0.0
-
-
-@dataclass
-class Effects:
-    study: Study
-    pairs: dict[Pair, PairResult]
-    active: list[Pair]  # pairs with at least one finished configuration
-    axes: dict[str, AxisEffect]
-    ranking: list[Ranked]
-    ranking_coverage: int  # pairs each ranked configuration was run on
-    diagnostics: dict[str, dict[Any, dict[str, tuple[float, int]]]]
-    grid: dict[Any, dict[Any, tuple[float, int]]]  # distance -> tau_t -> (mean test, pairs)
-
-    @property
-    def best_single(self) -> Ranked | None:
-        return self.ranking[0] if self.ranking else None
-
-    @property
-    def ranking_complete(self) -> bool:
-        return self.ranking_coverage == len(self.active) and bool(self.ranking)
+    def sources(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for gs in self.groups.values():
+            for src in {g.source for g in gs}:
+                out[src] = out.get(src, 0) + 1
+        return out
 
 
-def _pair_results(study: Study, default: dict[str, Any]) -> dict[Pair, PairResult]:
-    out = {}
-    for pair in study.pairs:
-        cells = study.candidates(pair)
-        best = study.best(pair)
-        worst = min(cells, key=lambda c: cells[c].val_mean) if cells else None
-        dflt = study.best(pair, default) if default else None
-        kd = [c for c in cells if not c.is_baseline]
-        out[pair] = PairResult(
-            pair,
-            study.metric.get(pair[0]),
-            study.teachers.get(pair[0]),
-            study.baseline(pair),
-            best,
-            cells.get(best),
-            len(kd),
-            dflt,
-            cells.get(dflt),
-            worst,
-            cells.get(worst),
-        )
-    return out
+def _best_on_validation(
+    study: Study, axis: str, groups: dict[Pair, list[Group]]
+) -> tuple[Any, dict]:
+    """The option with the highest validation score in the groups, each group centred on its
+    mean, averaged over a pair's groups and then over pairs."""
+    scores: dict[Any, list[float]] = {}
+    for pair, gs in groups.items():
+        cells = study.cells[pair]
+        per_pair: dict[Any, list[float]] = {}
+        for g in gs:
+            vals = {o: cells[c].val_mean for o, c in g.members.items()}
+            centre = float(np.mean(list(vals.values())))
+            for o, v in vals.items():
+                per_pair.setdefault(o, []).append(v - centre)
+        for o, v in per_pair.items():
+            scores.setdefault(o, []).append(float(np.mean(v)))
+    means = {o: float(np.mean(v)) * PTS for o, v in scores.items()}
+    ordered = [o for o in study.axes[axis] if o in means]
+    return (max(ordered, key=lambda o: means[o]) if ordered else None), means
 
 
-def option_effect(
-    study: Study, results: dict[Pair, PairResult], axis: str, option: Any
-) -> OptionEffect:
-    """Per pair: the validation-best configuration with `option` on `axis`, and its regret."""
-    eff = OptionEffect(axis=axis, option=option)
-    for pair, r in results.items():
-        if r.best_cell is None:
-            continue
-        c = study.best(pair, {axis: option})
-        if c is None:
-            eff.missing.append(pair)
-        else:
-            eff.add(pair, c, study.candidates(pair)[c], r.best_cell)
-    return eff
-
-
-def _axis_effect(
-    study: Study, results: dict[Pair, PairResult], axis: str, default: Any, n_boot: int, seed: int
+def axis_effect(
+    study: Study, axis: str, pairs: list[Pair], n_boot: int = 1000, seed: int = 0
 ) -> AxisEffect:
-    options = [option_effect(study, results, axis, o) for o in study.axes[axis]]
-    scored = [o for o in options if o.n_pairs]
-    best = min(scored, key=lambda o: o.mean_regret).option if scored else None
-    comparisons = []
-    if best is not None:
-        ref = next(o for o in options if o.option == best)
-        for o in scored:
-            if o.option != best:
-                comparisons.append(
-                    compare_units(
-                        axis, best, o.option, ref.seed_scores, o.seed_scores, n_boot, seed
-                    )
-                )
-    per_pair: dict[Pair, dict[str, Any]] = {}
-    for pair, r in results.items():
-        here = [o for o in options if pair in o.regret]
-        if r.best_cell is None or not here:
-            continue
-        cells = study.candidates(pair)
-        worst = min(here, key=lambda o: cells[o.chosen[pair]].val_mean)
-        dflt = next((o for o in here if o.option == default), None)
-        per_pair[pair] = {
-            "best_option": next((o.option for o in here if r.best.has(axis, o.option)), None),
-            "worst_option": worst.option,
-            "best_minus_worst": worst.regret[pair],
-            "best_minus_default": dflt.regret[pair] if dflt else None,
-        }
-    return AxisEffect(axis, default, options, best, comparisons, per_pair)
+    """Effects of every option of `axis` over `pairs` (p-values not yet Holm-adjusted)."""
+    groups = {p: gs for p in pairs if (gs := choose_groups(study, p, axis))}
+    best, val_scores = _best_on_validation(study, axis, groups)
+    options = []
+    for o in study.axes[axis]:
+        eff = OptionEffect(axis, o, o == best)
+        for pair, gs in groups.items():
+            cells = study.cells[pair]
+            couples = tuple(
+                (cells[g.members[o]], cells[g.members[best]])
+                for g in gs
+                if best in g.members and o in g.members
+            )
+            if couples:
+                c = PairContrast(pair[0], *couples[0], more=couples[1:])
+                if c.seeds:
+                    eff.contrasts[pair] = c
+        if not eff.is_best and eff.contrasts:
+            eff.test = compare_cells(list(eff.contrasts.values()), n_boot, seed)
+        options.append(eff)
+    return AxisEffect(axis, best, options, groups, val_scores)
 
 
-def _ranking(
-    study: Study, results: dict[Pair, PairResult], active: list[Pair]
-) -> tuple[list[Ranked], int]:
-    """Configurations on the most pairs (every active pair when complete), best first."""
-    coverage: dict[Config, list[Pair]] = {}
-    for pair in active:
-        for c in study.candidates(pair):
-            coverage.setdefault(c, []).append(pair)
-    if not coverage:
-        return [], 0
-    most = max(len(v) for v in coverage.values())
-    ranked = []
-    for c, pairs in coverage.items():
-        if len(pairs) != most:
-            continue
-        r = Ranked(config=c)
-        norm = []
-        for pair in pairs:
-            best = results[pair].best_cell
-            cell = study.candidates(pair)[c]
-            norm.append(cell.val_mean / best.val_mean if best.val_mean > 0 else 1.0)
-            r.add(pair, c, cell, best)
-        r.mean_norm_val = float(np.mean(norm))
-        ranked.append(r)
-    ranked.sort(key=lambda r: -r.mean_norm_val)  # stable: ledger order breaks ties
-    return ranked, most
+def active_pairs(study: Study) -> list[Pair]:
+    """Pairs with a finished KD configuration whose student moves (see degenerate.py)."""
+    stuck = stuck_pairs(study)
+    return [
+        p
+        for p in study.pairs
+        if p not in stuck and any(not c.is_baseline for c in study.cells.get(p, {}))
+    ]
 
 
-def analyse(
-    study: Study,
-    default: dict[str, Any] | Config | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> Effects:
-    """All the study's effects. `default`: axis -> option (given form) or a configuration;
-    by default the first option of every axis."""
-    if isinstance(default, Config):
-        default = {a: default.given_value(a) for a in study.axes}
-    default = dict(default or {a: opts[0] for a, opts in study.axes.items()})
-    results = _pair_results(study, default)
-    active = [p for p, r in results.items() if r.best_cell is not None]
-    axes = {a: _axis_effect(study, results, a, default.get(a), n_boot, seed) for a in study.swept}
-    ranking, coverage = _ranking(study, results, active)
-    shown = [a for a in ("distance", "tau_t", "tau_s") if a in study.axes]
-    shown = [a for a in shown if a != "tau_s" or a in study.swept]  # tau_s only when varied
-    diagnostics = {a: diagnostics_by(study, a) for a in shown}
-    grid = score_grid(study, active, "distance", "tau_t")
-    return Effects(study, results, active, axes, ranking, coverage, diagnostics, grid)
+def all_axis_effects(study: Study, n_boot: int = 1000, seed: int = 0) -> dict[str, AxisEffect]:
+    """Every swept axis's effects, with Holm's correction over the whole table."""
+    pairs = active_pairs(study)
+    axes = {a: axis_effect(study, a, pairs, n_boot, seed) for a in study.swept}
+    rows = [o for e in axes.values() for o in e.options if o.test is not None]
+    for o, p in zip(rows, holm([o.test.p for o in rows]), strict=True):
+        o.p_adjusted = p
+    return axes
 
 
-def compare(
-    effects: Effects, axis: str, a: Any, b: Any, n_boot: int = 2000, seed: int = 0
-) -> Comparison:
-    """Paired bootstrap of option `a` minus option `b` of `axis` (test, pairs x seeds)."""
-    study, results = effects.study, effects.pairs
-    ea, eb = (option_effect(study, results, axis, o) for o in (a, b))
-    return compare_units(axis, a, b, ea.seed_scores, eb.seed_scores, n_boot, seed)
+def frame(axes: dict[str, AxisEffect]) -> Any:
+    """The effects table (pandas): one row per (axis, option), effect in points."""
+    import pandas as pd
+
+    rows = []
+    for axis, e in axes.items():
+        for o in e.options:
+            lo, hi = o.interval
+            rows.append(
+                {
+                    "axis": MANIFEST_NAME.get(axis, axis),
+                    "option": fmt_value(o.option),
+                    "effect": o.effect,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "p_value": o.p_adjusted,
+                    "verdict": o.verdict,
+                    "n_pairs": o.n_pairs,
+                }
+            )
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.astype({"effect": float, "ci_low": float, "ci_high": float, "p_value": float})
+
+
+def config_dict(c: Config) -> dict[str, Any]:
+    """A configuration with the manifest's axis names (tau_s as given: a number or 'same')."""
+    if c.is_baseline:
+        return {"teacher": None, "distance": None, "alpha": 0.0, "tau_t": None, "tau_s": None}
+    return {
+        MANIFEST_NAME.get(a, a): c.given_value(a)
+        for a in ("teacher_checkpoint", "distance", "alpha", "tau_t", "tau_s")
+    }

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kdjax.analysis.configs import AXIS_NAMES, BASELINE, Config, Pair, config_of, fmt_value
-from kdjax.analysis.effects import Effects
+from kdjax.analysis.results import Results
 
 STATUSES = ("done", "failed", "pending", "running")
 KINDS = ("teacher", "distill", "baseline")
@@ -43,7 +43,8 @@ class Gaps:
     def complete(self) -> bool:
         """Every run finished and every pair has a teacher, a baseline and every config."""
         unfinished = any(self.count(s) for s in ("failed", "pending", "running"))
-        missing = self.no_teacher or self.no_baseline or self.no_results or self.partial_configs
+        partial = self.partial_configs and not self.greedy  # greedy skips configs by design
+        missing = self.no_teacher or self.no_baseline or self.no_results or partial
         return not unfinished and not missing
 
 
@@ -51,7 +52,7 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().split("\n", 1)[0][:160]
 
 
-def find_gaps(effects: Effects) -> Gaps:
+def find_gaps(effects: Results) -> Gaps:
     """Count missing and unfinished runs and explain what each gap weakens."""
     study = effects.study
     counts = Counter((r["kind"], r["status"]) for r in study.rows)
@@ -85,7 +86,7 @@ def find_gaps(effects: Effects) -> Gaps:
                 if r["kind"] == "baseline" and (r["dataset"], r["student"]) == pair
             ]
             no_baseline.append((pair, ", ".join(sorted(set(st))) if st else "not in ledger"))
-    no_results = [p for p in study.pairs if p not in effects.active]
+    no_results = [p for p in study.pairs if p not in effects.active and p not in effects.stuck]
     on: Counter[Config] = Counter()
     for pair in effects.active:
         on.update(c for c in study.cells[pair] if c != BASELINE)
@@ -103,13 +104,12 @@ def find_gaps(effects: Effects) -> Gaps:
     )
     gaps = Gaps(dict(counts), failed, no_teacher, no_baseline, no_results, partial, few)
     gaps.unfinished = unfinished
-    stages = {s for p in study.pairs for c in study.cells[p].values() for s in c.stages}
-    gaps.greedy = bool(stages - {"grid"})
+    gaps.greedy = study.strategy == "greedy"
     gaps.notes = _notes(effects, gaps)
     return gaps
 
 
-def _notes(effects: Effects, g: Gaps) -> list[str]:
+def _notes(effects: Results, g: Gaps) -> list[str]:
     study, n = effects.study, len(effects.active)
     notes = []
     unfinished = {s: g.count(s) for s in ("failed", "pending", "running") if g.count(s)}
@@ -124,46 +124,44 @@ def _notes(effects: Effects, g: Gaps) -> list[str]:
     if g.no_teacher:
         ds = ", ".join(f"{d} ({s})" for d, s in g.no_teacher)
         notes.append(f"Teacher score missing for: {ds}.")
-    gained = sum(1 for p in effects.active if effects.pairs[p].gain is not None)
     if g.no_baseline:
         why = ", ".join(f"{pair_name(p)} ({s})" for p, s in g.no_baseline[:6])
         notes.append(
-            f"KD gain over no KD is computed on {gained} of {n} pairs; no finished baseline "
-            f"for {len(g.no_baseline)} pair(s): {why}."
+            f"No finished no-KD baseline for {len(g.no_baseline)} pair(s): {why}; the KD gain "
+            "is not computed there."
         )
+    for pair, why in effects.stuck.items():
+        notes.append(f"{pair_name(pair)} is reported apart and left out of every mean: {why}.")
     for axis, eff in effects.axes.items():
+        axis_name = AXIS_NAMES.get(axis, axis)
         for o in eff.options:
-            axis_name, opt = AXIS_NAMES.get(axis, axis), fmt_value(o.option)
+            opt = fmt_value(o.option)
             if not o.n_pairs:
-                notes.append(f"{axis_name}: {opt} has no finished run; it is not compared.")
-            elif o.missing:
                 notes.append(
-                    f"{axis_name}: regret of {opt} is computed on {o.n_pairs} of {n} pairs "
-                    f"(not run on {_pairs(o.missing)})."
+                    f"{axis_name}: {opt} was never run next to the best option with every other "
+                    "knob the same; it has no effect estimate."
                 )
-    if g.partial_configs:
-        most = effects.ranking_coverage
-        ranked = len(effects.ranking)
-        if effects.ranking_complete:
-            notes.append(
-                f"The single best configuration is chosen among the {ranked} configurations run "
-                f"on all {n} pairs; {len(g.partial_configs)} configurations were run on fewer "
-                "pairs (failed, unfinished, or skipped by a greedy search) and are not ranked."
-            )
-        elif ranked:
-            notes.append(
-                f"No configuration was run on all {n} pairs: the ranking uses the {ranked} "
-                f"configuration(s) run on {most} pairs, so the single best is provisional."
-            )
-    if g.greedy:
+            elif o.n_pairs < n:
+                notes.append(
+                    f"{axis_name}: the effect of {opt} uses {o.n_pairs} of {n} pairs (the others "
+                    "have no run of it next to the best option with every other knob the same)."
+                )
+    rec = effects.recommendation
+    if rec.get("config") is None and n:
+        notes.append(f"No single configuration: {rec.get('reason', 'none was run everywhere')}.")
+    if g.greedy and not any(
+        "sensitivity" in c.stages for p in study.pairs for c in study.cells[p].values()
+    ):
         notes.append(
-            "Greedy search: each option was tried only around each pair's incumbent, so 'the "
-            "other axes at their best' means the best the search visited, not a full grid."
+            "Greedy search without a sensitivity stage: each axis's effect comes from the stage "
+            "that varied it, around that stage's incumbent; the later axes were then tuned for "
+            "the winner only. Turn on `search.sensitivity` to measure every option around the "
+            "final optimum."
         )
     if len(study.seeds) < 2:
         notes.append(
-            "One seed only: no spread over seeds; bootstrap intervals reflect pair-to-pair "
-            "variation only."
+            "One seed only: no spread over seeds; within-pair statements rest on test-example "
+            "noise only."
         )
     elif g.few_seeds:
         notes.append(

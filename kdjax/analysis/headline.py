@@ -1,10 +1,13 @@
-"""The report's opening paragraphs: the key findings in numbers."""
+"""The report's opening paragraphs: what the study can and cannot conclude, in numbers."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from kdjax.analysis.configs import AXIS_NAMES, fmt_value
-from kdjax.analysis.effects import Effects, OptionEffect
 from kdjax.analysis.gaps import Gaps, pair_name
+from kdjax.analysis.results import Results
+from kdjax.analysis.stats import ALPHA, MIN_PAIRS, PTS, Test, compare_cells
 
 
 def pts(x: float | None) -> str:
@@ -12,8 +15,20 @@ def pts(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.2f}"
 
 
+def pt(x: float | None) -> str:
+    """A value already in points."""
+    return "-" if x is None else f"{x:.2f}"
+
+
 def pm(mean: float | None, std: float | None) -> str:
+    """`mean ± std` in points; the table or sentence says what the ± is."""
     return pts(mean) if std is None else f"{pts(mean)} ± {pts(std)}"
+
+
+def ci(t: Test | None) -> str:
+    if t is None or t.lo is None:
+        return "-"
+    return f"[{t.lo * PTS:.2f}, {t.hi * PTS:.2f}]"
 
 
 def nof(k: int, one: str, many: str | None = None) -> str:
@@ -21,122 +36,128 @@ def nof(k: int, one: str, many: str | None = None) -> str:
     return f"{k} {one if k == 1 else (many or one + 's')}"
 
 
-def costly(e: Effects) -> OptionEffect | None:
-    """The non-best option with the highest mean regret, over every swept axis."""
-    wrong = [
-        o
-        for eff in e.axes.values()
-        for o in eff.options
-        if o.n_pairs and o.option != eff.best_option
-    ]
-    return max(wrong, key=lambda o: o.mean_regret) if wrong else None
+def gain_summary(r: Results) -> tuple[Test | None, Test | None]:
+    """Across (or within) pairs: default KD - no KD, and best KD - tuned no KD."""
+    default = [g.default for g in r.gains if g.default is not None]
+    best = [g.best for g in r.gains if g.best is not None]
+    return (compare_cells(default) if default else None, compare_cells(best) if best else None)
 
 
-def headline(e: Effects, g: Gaps) -> list[str]:
-    """Paragraphs: scope, best single configuration, costliest choice, KD gain, per axis."""
-    s = e.study
-    n, total = len(e.active), len(s.pairs)
+def _scope(r: Results, g: Gaps) -> str:
+    s = r.study
     datasets = len({p[0] for p in s.pairs})
     students = len({p[1] for p in s.pairs})
-    kd_configs = sum(1 for c in s.configs if not c.is_baseline)
+    kd = sum(1 for c in s.configs if not c.is_baseline)
     swept = ", ".join(AXIS_NAMES.get(a, a) for a in s.swept) or "no axis"
-    out = [
-        f"This study covers {nof(total, 'dataset–student pair')} ({nof(datasets, 'dataset')} × "
-        f"{nof(students, 'student')}), {nof(kd_configs, 'KD configuration')} over {swept}, and "
-        f"{nof(len(s.seeds), 'seed')}; "
-        f"{g.count('done')} of {len(s.rows)} runs finished and {n} pairs have results. All "
-        "scores are test metrics in points (×100); every choice is made on validation."
-    ]
-    if not n:
+    return (
+        f"This study covers {nof(len(s.pairs), 'dataset–student pair')} "
+        f"({nof(datasets, 'dataset')} × {nof(students, 'student')}), "
+        f"{nof(kd, 'KD configuration')} over {swept} ({s.strategy} search), and "
+        f"{nof(len(s.seeds), 'seed')}; {g.count('done')} of {len(s.rows)} runs finished and "
+        f"{len(r.active)} pairs enter the means. All numbers are test scores in points (×100); "
+        "every choice (each pair's best, each axis's best option, the single configuration) is "
+        "made on validation."
+    )
+
+
+def _guard(r: Results) -> str | None:
+    if r.cross_pair:
+        return None
+    return (
+        f"**No cross-pair claim can be made:** only {len(r.active)} pair(s) have results "
+        f"(fewer than {MIN_PAIRS}). Every statement below is about these pairs only, with "
+        "test-example noise (seed-to-seed variation is not in those intervals); whether an "
+        "effect holds on other datasets or students is not something this study can tell."
+    )
+
+
+def _recommendation(rec: dict[str, Any]) -> str | None:
+    if rec.get("config") is None:
+        return None
+    lo, hi = rec["mean_regret_interval"]
+    interval = (
+        f"{rec['mean_regret_interval_kind']} [{pt(lo)}, {pt(hi)}]"
+        if lo is not None
+        else (rec["mean_regret_interval_kind"])
+    )
+    text = (
+        f"**One configuration for every pair:** `{rec['label']}`, chosen on validation among "
+        f"the {rec['n_candidates']} configurations run on all {rec['n_pairs']} pairs. Against "
+        f"each pair's own validation-chosen best it loses {pt(rec['mean_regret'])} points on "
+        f"average ({interval}) and {pt(rec['worst_regret'])} at worst ({rec['worst_pair']})."
+    )
+    ref = rec.get("reference") or {}
+    if ref.get("run_everywhere"):
+        text += (
+            f" The reference study's recommendation (ll, ce, tau_s 1) loses "
+            f"{pt(ref['mean_regret'])} points on average; ours minus it: "
+            f"{pt(ref['difference'])} points: {ref['verdict']}."
+        )
+    return text
+
+
+def _effects(r: Results) -> str | None:
+    found, none = [], []
+    for axis, eff in r.axes.items():
+        for o in eff.options:
+            if o.is_best or o.test is None:
+                continue
+            name = f"{AXIS_NAMES.get(axis, axis)} = {fmt_value(o.option)}"
+            p = o.p_adjusted
+            if p is not None and p < ALPHA:
+                found.append(f"{name}: {o.verdict}")
+            elif o.test.level == "identical":
+                none.append(f"{name} (identical runs)")
+            elif o.test.level == "none":
+                none.append(f"{name} ({o.verdict})")
+            else:
+                scope = "" if o.test.level == "pairs" else ", these pairs only"
+                none.append(f"{name} (MDE {o.test.mde * PTS:.1f} pt{scope})")
+    if not found and not none:
+        return None
+    best = ", ".join(
+        f"{AXIS_NAMES.get(a, a)} = {fmt_value(e.best)}" for a, e in r.axes.items() if e.best
+    )
+    text = f"**Effects** (against each axis's best option, chosen on validation: {best}). "
+    text += ("Detected: " + "; ".join(found) + ". ") if found else "No effect was detected. "
+    if none:
+        text += "No detectable difference: " + "; ".join(none) + "."
+    return text
+
+
+def _gain(r: Results) -> str | None:
+    default, best = gain_summary(r)
+    if default is None and best is None:
+        return None
+    parts = []
+    if default is not None:
+        parts.append(f"the default KD configuration minus no KD: {default.verdict()}")
+    if best is not None:
+        parts.append(
+            "each pair's validation-best KD configuration minus its validation-best no-KD "
+            f"baseline (learning rates tuned when the study ran several): {best.verdict()}"
+        )
+    return "**KD gain:** " + "; ".join(parts) + "."
+
+
+def headline(r: Results, g: Gaps) -> list[str]:
+    """Paragraphs: scope, the cross-pair guard, the recommendation, effects, KD gain, notes."""
+    out = [_scope(r, g)]
+    if not r.active:
         out.append(
-            "**No finished distillation or baseline run yet:** there is nothing to "
+            "**No finished distillation run with a moving student yet:** there is nothing to "
             "compare; see Gaps and caveats."
         )
         return out
-    best = e.best_single
-    if best is not None:
-        scope = (
-            f"among the {len(e.ranking)} configurations run on all {n} pairs"
-            if e.ranking_complete
-            else f"provisionally, among the {len(e.ranking)} configurations run on "
-            f"{e.ranking_coverage} of {n} pairs"
-        )
-        out.append(
-            f"**Best single configuration:** `{best.config.label()}` ({scope}). Against each "
-            f"pair's own validation-chosen best it loses {pm(best.mean_regret, best.regret_std)} "
-            f"points on average and {pts(best.worst_regret)} points in the worst case "
-            f"({pair_name(best.worst_pair)})."
-        )
-    worst = costly(e)
-    if worst is not None:
-        top = max(
-            (o for eff in e.axes.values() for o in eff.options if o.n_pairs),
-            key=lambda o: o.worst_regret,
-        )
-        out.append(
-            f"**Most costly wrong choice:** {AXIS_NAMES.get(worst.axis, worst.axis)} = "
-            f"{fmt_value(worst.option)}, with a mean regret of "
-            f"{pm(worst.mean_regret, worst.regret_std)} points and {pts(worst.worst_regret)} in "
-            f"the worst case ({pair_name(worst.worst_pair)}). Across all parameters a single "
-            f"choice costs up to {pts(top.worst_regret)} points "
-            f"({AXIS_NAMES.get(top.axis, top.axis)} = {fmt_value(top.option)} on "
-            f"{pair_name(top.worst_pair)})."
-        )
-    gains = {p: r.gain for p, r in e.pairs.items() if r.gain is not None}
-    if gains:
-        lo, hi = min(gains, key=gains.get), max(gains, key=gains.get)
-        mean = sum(gains.values()) / len(gains)
-        wins = sum(1 for v in gains.values() if v > 0)
-        out.append(
-            f"**KD gain:** the pair's best KD configuration beats no KD by {pts(gains[lo])} "
-            f"({pair_name(lo)}) to {pts(gains[hi])} ({pair_name(hi)}) points, "
-            f"{pts(mean)} on average; KD helps on {wins} of {len(gains)} pairs."
-        )
-    parts = []
-    for axis, eff in e.axes.items():
-        if eff.best_option is None:
-            continue
-        short = {"teacher_checkpoint": "teacher"}.get(axis, axis)
-        vs = []
-        for c in eff.comparisons:
-            ci = f"95% CI [{pts(c.lo)}, {pts(c.hi)}]" if c.lo is not None else "one unit"
-            word = {True: "within noise", False: "significant", None: "too few runs"}
-            vs.append(
-                f"{short}={fmt_value(c.b)} is {pts(c.diff)} lower ({word[c.within_noise]}, {ci})"
-            )
-        ref = eff.option(eff.best_option)
-        few = f" (run on only {ref.n_pairs} of {n} pairs)" if ref.n_pairs < n else ""
-        parts.append(
-            f"{AXIS_NAMES.get(axis, axis)}: best {short}={fmt_value(eff.best_option)}{few}"
-            + (f"; {', '.join(vs)}" if vs else "")
-        )
-    if parts:
-        out.append(
-            "**Per parameter** (best option = lowest mean regret; differences are mean test "
-            "points over (pair, seed) units, with paired bootstrap intervals): "
-            + ". ".join(parts)
-            + "."
-        )
+    for para in (_guard(r), _recommendation(r.recommendation), _effects(r), _gain(r)):
+        if para:
+            out.append(para)
+    for pair, why in r.stuck.items():
+        out.append(f"**{pair_name(pair)} is reported apart:** {why}.")
+    out += [f"**Equivalent options:** {n}" for n in r.equivalences]
     if not g.complete:
-        missing = [
-            nof(g.count("failed"), "failed run"),
-            nof(g.count("pending") + g.count("running"), "unfinished run"),
-            nof(len(g.no_results), "pair without results", "pairs without results"),
-            nof(len(g.no_baseline), "pair without a baseline", "pairs without a baseline"),
-            nof(len(g.no_teacher), "dataset without a teacher score", "datasets without one"),
-            nof(len(g.partial_configs), "configuration not run on every pair",
-                "configurations not run on every pair"),
-        ]  # fmt: skip
-        what = ", ".join(m for m in missing if not m.startswith("0 "))
-        if g.greedy and what == missing[-1]:  # only the coverage the greedy search skips
-            k = nof(len(g.partial_configs), "configuration")
-            out.append(
-                f"**Coverage:** by design, the greedy search ran {k} on some pairs only; option "
-                "effects use the configurations it visited on each pair."
-            )
-            return out
         out.append(
-            f"**This ledger is incomplete:** {what}. 'Gaps and caveats' lists what is missing "
-            "and which conclusions it weakens."
+            "**This ledger is incomplete:** 'Gaps and caveats' lists what is missing and which "
+            "conclusions it weakens."
         )
     return out

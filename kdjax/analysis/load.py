@@ -39,7 +39,7 @@ class Outcomes:
     def metric(self, weights: np.ndarray | None = None) -> np.ndarray | float:
         """The metric; with `weights` [B, n] (resampled examples) one value per row."""
         if self.counts is not None:
-            tp, pred, gold = (self.counts if weights is None else weights @ self.counts).T
+            tp, pred, gold = self.counts.sum(0) if weights is None else (weights @ self.counts).T
             return 2 * tp / np.maximum(pred + gold, 1e-12)
         if weights is None:
             return float(np.mean(self.values))
@@ -64,7 +64,10 @@ def outcomes_of(result: dict[str, Any]) -> Outcomes | None:
     if not n or (v is not None and c is not None and len(v) != len(c)):
         return None
     ids = raw.get("ids")
-    ids = tuple(str(i) for i in ids) if isinstance(ids, list) and len(ids) == n else None
+    if isinstance(ids, list) and len(ids) == n:
+        ids = tuple(ids) if isinstance(ids[0], str) else tuple(map(str, ids))
+    else:
+        ids = None
     return Outcomes(ids or tuple(map(str, range(n))), v, c)
 
 
@@ -132,6 +135,7 @@ class Study:
     baselines: dict[Pair, dict[float | None, Cell]] = field(default_factory=dict)  # by lr
     strategy: str = "grid"  # grid | greedy (from the manifest, else the stage labels)
     default: dict[str, Any] = field(default_factory=dict)  # axis -> first option
+    manifest: dict[str, Any] = field(default_factory=dict)  # manifest.resolved.yaml, if any
 
     @property
     def swept(self) -> list[str]:
@@ -175,15 +179,17 @@ def read_rows(ledger: str | Path) -> list[dict[str, Any]]:
         db.close()
 
 
-def _json(text: str | None) -> Any:
+def _json(text: str | dict | None) -> Any:
+    """A JSON column's value (rows built in memory may hold the dict itself)."""
+    if isinstance(text, dict):
+        return text
     try:
         return json.loads(text) if text else None
     except json.JSONDecodeError:
         return None
 
 
-def _diagnostics(row: dict[str, Any]) -> dict[str, float]:
-    result = _json(row.get("result_json")) or {}
+def _diagnostics(row: dict[str, Any], result: dict[str, Any]) -> dict[str, float]:
     diag = result.get("diagnostics") or (_json(row.get("diagnostics_json")) or {}).get(
         "diagnostics"
     )
@@ -263,9 +269,10 @@ def study_from_rows(
     seeds: set[int] = set()
     baselines: dict[Pair, dict[float | None, Cell]] = {}
     kd_lr: dict[Pair, float | None] = {}
-    for r in rows:  # the KD runs' learning rate per pair: the untuned baseline's
+    lrs = [_lr(r) if r["kind"] != "teacher" else None for r in rows]
+    for r, lr in zip(rows, lrs, strict=True):  # the KD runs' learning rate: the untuned baseline's
         if r["kind"] == "distill":
-            kd_lr.setdefault((r["dataset"], r["student"]), _lr(r))
+            kd_lr.setdefault((r["dataset"], r["student"]), lr)
     for k, r in enumerate(rows):
         if r.get("metric_name"):
             metric.setdefault(r["dataset"], r["metric_name"])
@@ -277,7 +284,7 @@ def study_from_rows(
             pairs.append(pair)
             cells[pair] = {}
         c = BASELINE if r["kind"] == "baseline" else config_of(r, extra_axes)
-        if c.is_baseline and pair in kd_lr and _lr(r) != kd_lr[pair]:
+        if c.is_baseline and pair in kd_lr and lrs[k] != kd_lr[pair]:
             c = None  # a tuned baseline (another learning rate): kept apart
         if c is not None:
             configs.setdefault(c)
@@ -288,11 +295,14 @@ def study_from_rows(
                     options[a].append(v)
         if r["status"] != "done" or r.get("val_metric") is None or r.get("test_metric") is None:
             continue
+        result = _json(r.get("result_json")) or {}
         if r["kind"] == "baseline":
-            _add(baselines.setdefault(pair, {}).setdefault(_lr(r), Cell()), r, k)
+            _add(baselines.setdefault(pair, {}).setdefault(lrs[k], Cell()), r, k, result)
         if c is not None:
-            seeds.add(_add(cells[pair].setdefault(c, Cell()), r, k))
+            seeds.add(_add(cells[pair].setdefault(c, Cell()), r, k, result))
     options = {a: v for a, v in options.items() if v}
+    for alias, runs_as in _shared(manifest, options).items():
+        _alias_distance(cells, configs, runs_as, alias)
     stages = {str(r.get("stage") or "") for r in rows}
     strategy = (manifest.get("search") or {}).get("strategy") or (
         "greedy" if any(s[:1].isdigit() for s in stages) else "grid"
@@ -300,8 +310,32 @@ def study_from_rows(
     default = {a: v[0] for a, v in options.items()}
     return Study(
         rows, pairs, cells, teachers, options, metric, sorted(seeds), list(configs),
-        baselines, strategy, default,
+        baselines, strategy, default, manifest,
     )  # fmt: skip
+
+
+def _shared(manifest: dict[str, Any], options: dict[str, list[Any]]) -> dict[str, str]:
+    """`search.equivalent_distances: share`: the second of ce and kl listed is run as the
+    first (one run under both names); {alias: distance run}."""
+    if (manifest.get("search") or {}).get("equivalent_distances") != "share":
+        return {}
+    listed = [d for d in options.get("distance", []) if d in ("ce", "kl")]
+    return {listed[1]: listed[0]} if len(listed) == 2 else {}
+
+
+def _alias_distance(
+    cells: dict[Pair, dict[Config, Cell]], configs: dict[Config, None], runs_as: str, alias: str
+) -> None:
+    """Every configuration with distance `runs_as` also stands for `alias`: the same cell."""
+    for by_config in cells.values():
+        for c, cell in list(by_config.items()):
+            if c.is_baseline or c["distance"] != runs_as:
+                continue
+            swap = {**dict(c.items), "distance": alias}
+            given = {**dict(c.given or c.items), "distance": alias}
+            twin = Config(tuple(swap.items()), tuple(given.items()))
+            by_config.setdefault(twin, cell)
+            configs.setdefault(twin)
 
 
 def _lr(row: dict[str, Any]) -> float | None:
@@ -309,16 +343,16 @@ def _lr(row: dict[str, Any]) -> float | None:
     return float(lr) if isinstance(lr, int | float) else None
 
 
-def _add(cell: Cell, r: dict[str, Any], order: int) -> int:
+def _add(cell: Cell, r: dict[str, Any], order: int, result: dict[str, Any]) -> int:
     """Add a finished run's seed to `cell`; returns the seed."""
     seed = int(r["seed"] or 0)
     if seed in cell.test:  # the same run twice (e.g. tau_s as a number and as 'same')
         return seed
     cell.val[seed], cell.test[seed] = float(r["val_metric"]), float(r["test_metric"])
-    cell.diag[seed] = _diagnostics(r)
+    cell.diag[seed] = _diagnostics(r, result)
     cell.stages.add(r.get("stage") or "grid")
     cell.order = max(cell.order, order)
-    out = outcomes_of(_json(r.get("result_json")) or {})
+    out = outcomes_of(result)
     if out is not None:
         cell.outcomes[seed] = out
     return seed

@@ -1,7 +1,7 @@
 """The report's figures, drawn with matplotlib's Agg canvas (no display, no global state).
 
 Each function returns the PNG's path, or None when the ledger has too little for that figure.
-Scores and regrets are drawn in points (x 100), as in the report's tables.
+Effects, gains and regrets are drawn in test points (x 100), as in the report's tables.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from kdjax.analysis.configs import AXIS_NAMES, fmt_value
-from kdjax.analysis.effects import Effects
+from kdjax.analysis.effects import OptionEffect
 from kdjax.analysis.gaps import pair_name
+from kdjax.analysis.ranks import Ranking
+from kdjax.analysis.results import Results
+from kdjax.analysis.stats import ALPHA
 
 PTS = 100.0
 DIAG = {
@@ -35,82 +38,82 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def plot_regret(effects: Effects, path: Path) -> Path | None:
-    """Per swept axis: mean regret per option (bars, seed spread as error bars) and worst case."""
-    axes = [a for a, e in effects.axes.items() if any(o.n_pairs for o in e.options)]
+def plot_forest(results: Results, path: Path) -> Path | None:
+    """Per swept axis: each option's effect (test points against the axis's best option,
+    chosen on validation) with its 95% interval; the best option at 0."""
+    axes = [(a, e) for a, e in results.axes.items() if any(o.n_pairs for o in e.options)]
     if not axes:
         return None
-    fig = _figure(3.2 * len(axes) + 1, 3.8)
-    subs = fig.subplots(1, len(axes), squeeze=False)[0]
-    for ax, axis in zip(subs, axes, strict=True):
-        opts = [o for o in effects.axes[axis].options if o.n_pairs]
-        x = np.arange(len(opts))
-        mean = [o.mean_regret * PTS for o in opts]
-        err = [(o.regret_std or 0.0) * PTS for o in opts]
-        ax.bar(x, mean, yerr=err, color="#4c72b0", capsize=3, label="mean over pairs")
-        ax.scatter(
-            x,
-            [o.worst_regret * PTS for o in opts],
-            marker="v",
-            color="#c44e52",
-            zorder=3,
-            label="worst pair",
-        )
-        ax.set_xticks(x, [fmt_value(o.option) for o in opts])
-        ax.axhline(0, color="#888", lw=0.8)
-        ax.set_title(AXIS_NAMES.get(axis, axis))
-        ax.set_xlabel("option")
-        ax.set_ylabel("regret, test (points)")
-    subs[0].legend(fontsize=8)
-    fig.suptitle("Cost of each option: pair best - best with the option fixed (validation-chosen)")
+    rows = sum(len(e.options) for _, e in axes)
+    fig = _figure(7.5, 1.0 + 0.42 * rows + 0.5 * len(axes))
+    subs = fig.subplots(len(axes), 1, squeeze=False, sharex=True)[:, 0]
+    for ax, (axis, eff) in zip(subs, axes, strict=True):
+        opts = [o for o in eff.options if o.n_pairs]
+        y = np.arange(len(opts))
+        for k, o in enumerate(opts):
+            lo, hi = o.interval
+            color = "#2b8a3e" if o.is_best else ("#c44e52" if _significant(o) else "#4c72b0")
+            if lo is not None:
+                ax.plot([lo, hi], [k, k], color=color, lw=2)
+            ax.plot([o.effect], [k], "o", color=color)
+        ax.set_yticks(y, [f"{fmt_value(o.option)}{' (best)' * o.is_best}" for o in opts])
+        ax.invert_yaxis()
+        ax.axvline(0, color="#888", lw=0.8)
+        ax.set_ylabel({"teacher_checkpoint": "teacher"}.get(axis, axis), fontsize=9)
+    subs[-1].set_xlabel("effect on test (points) vs the axis's best option; bars: 95% CI")
+    fig.suptitle("Effect of each option (paired contrasts, every other knob the same)")
     return _save(fig, path)
 
 
-def plot_gain(effects: Effects, path: Path) -> Path | None:
-    """Per pair: best KD configuration minus the no-KD baseline, on test."""
-    rows = [(p, r) for p, r in effects.pairs.items() if r.gain is not None]
+def _significant(o: OptionEffect) -> bool:
+    return o.p_adjusted is not None and o.p_adjusted < ALPHA
+
+
+def plot_gain(results: Results, path: Path) -> Path | None:
+    """Per pair: default KD minus the untuned baseline, and the best KD minus the tuned
+    baseline (validation-chosen), on test, with 95% intervals where known."""
+    rows = [g for g in results.gains if g.default_test or g.best_test]
     if not rows:
         return None
-    fig = _figure(7.5, 1.2 + 0.35 * len(rows))
+    fig = _figure(7.5, 1.4 + 0.45 * len(rows))
     ax = fig.add_subplot()
     y = np.arange(len(rows))
-    gains = [r.gain * PTS for _, r in rows]
-    err = []
-    for _, r in rows:
-        g = list(r.gain_seeds.values())
-        err.append(float(np.std(g, ddof=1)) * PTS if len(g) > 1 else 0.0)
-    colors = ["#55a868" if g >= 0 else "#c44e52" for g in gains]
-    ax.barh(y, gains, xerr=err, color=colors, capsize=3)
-    ax.set_yticks(y, [pair_name(p) for p, _ in rows])
+    for off, attr, color, label in (
+        (-0.15, "default_test", "#4c72b0", "default KD - no KD"),
+        (0.15, "best_test", "#55a868", "best KD - tuned no KD"),
+    ):
+        for k, g in enumerate(rows):
+            t = getattr(g, attr)
+            if t is None:
+                continue
+            if t.lo is not None:
+                ax.plot([t.lo * PTS, t.hi * PTS], [k + off] * 2, color=color, lw=2)
+            ax.plot([t.estimate * PTS], [k + off], "o", color=color, label=label if k == 0 else "")
+    ax.set_yticks(y, [pair_name(g.pair) for g in rows])
     ax.invert_yaxis()
     ax.axvline(0, color="#888", lw=0.8)
-    ax.set_xlabel("KD gain: best KD test - no-KD test (points)")
+    ax.set_xlabel("KD gain on test (points); bars: 95% CI")
     ax.set_ylabel("dataset / student")
-    ax.set_title("KD gain over the no-KD baseline per pair")
+    ax.legend(fontsize=8)
+    ax.set_title("KD against no KD per pair")
     return _save(fig, path)
 
 
-def plot_tau(effects: Effects, path: Path) -> Path | None:
-    """Mean test score over pairs against the teacher temperature, one line per distance."""
-    lines = {d: v for d, v in effects.grid.items() if len(v) >= 2}
-    if not lines:
+def plot_cd(r: Ranking, path: Path) -> Path | None:
+    """A critical-difference diagram (scikit-posthocs) of average ranks across pairs."""
+    if r.posthoc is None:
         return None
-    fig = _figure(6.5, 4.2)
-    ax = fig.add_subplot()
-    for distance, points in lines.items():
-        xs = sorted(points)
-        ax.plot(xs, [points[t][0] * PTS for t in xs], marker="o", label=str(distance))
-    ax.set_xscale("log", base=2)
-    ticks = sorted({t for v in lines.values() for t in v})
-    ax.set_xticks(ticks, [fmt_value(t) for t in ticks])
-    ax.set_xlabel("teacher temperature tau_t")
-    ax.set_ylabel("mean test score over pairs (points)")
-    ax.set_title("Score vs teacher temperature per distance (other axes at their best)")
-    ax.legend(title="distance", fontsize=8)
+    import scikit_posthocs as sp
+
+    fig = Figure(figsize=(10, 1.6 + 0.3 * len(r.ranks)), dpi=100)  # labels sit outside the axes
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.32, 0.05, 0.36, 0.75))
+    sp.critical_difference_diagram(r.ranks, r.posthoc, ax=ax)
+    ax.set_title(f"Average rank across {r.n_pairs} pairs: {r.title} (Nemenyi, alpha 0.05)", pad=24)
     return _save(fig, path)
 
 
-def plot_diagnostics(effects: Effects, path: Path) -> Path | None:
+def plot_diagnostics(effects: Results, path: Path) -> Path | None:
     """Agreement, KL at T=1 and ECE against distance and against temperature."""
     rows = [(a, d) for a, d in effects.diagnostics.items() if d]
     keys = [k for k in DIAG if any(k in v for _, d in rows for v in d.values())]
@@ -133,48 +136,44 @@ def plot_diagnostics(effects: Effects, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_heatmap(effects: Effects, path: Path, top: int = 10) -> Path | None:
-    """Test score per pair for the top-ranked configurations, coloured by the gap to the
-    pair's validation-chosen best."""
-    ranked = effects.ranking[:top]
-    pairs = effects.active
-    if not ranked or not pairs:
+def plot_heatmap(results: Results, path: Path, top: int = 10) -> Path | None:
+    """Test regret per pair of the configurations run on every pair (against each pair's own
+    validation-chosen best), the recommended one first."""
+    from kdjax.analysis.recommend import regrets, universal
+
+    pairs = results.active
+    among = universal(results.study, pairs)[:top]
+    if not among or not pairs:
         return None
-    swept = effects.study.swept or None
-    gap = np.full((len(pairs), len(ranked)), np.nan)
-    score = np.full_like(gap, np.nan)
-    for j, r in enumerate(ranked):
-        for i, p in enumerate(pairs):
-            if p in r.scores:
-                score[i, j] = r.scores[p] * PTS
-                gap[i, j] = -r.regret[p] * PTS
-    fig = _figure(2.0 + 1.1 * len(ranked), 2.2 + 0.4 * len(pairs))
+    gap = np.array([[-regrets(results.study, c, [p])[p].mean * PTS for c in among] for p in pairs])
+    fig = _figure(2.0 + 1.1 * len(among), 2.2 + 0.4 * len(pairs))
     ax = fig.add_subplot()
-    # Green at the pair's best (0) or above it (test noise), red for the largest loss.
-    lo, hi = min(float(np.nanmin(gap)), -0.1), max(float(np.nanmax(gap)), 0.0)
+    lo, hi = min(float(np.nanmin(gap)), -0.1), max(float(np.nanmax(gap)), 0.1)
     im = ax.imshow(gap, cmap="RdYlGn", vmin=lo, vmax=hi, aspect="auto")
     for i in range(len(pairs)):
-        for j in range(len(ranked)):
-            if not np.isnan(score[i, j]):
-                ax.text(j, i, f"{score[i, j]:.1f}", ha="center", va="center", fontsize=7)
-    labels = [f"#{k + 1} " + r.config.label(swept) for k, r in enumerate(ranked)]
-    ax.set_xticks(range(len(ranked)), labels, rotation=40, ha="right", fontsize=7)
+        for j in range(len(among)):
+            ax.text(j, i, f"{gap[i, j]:.1f}", ha="center", va="center", fontsize=7)
+    swept = results.study.swept or None
+    ax.set_xticks(range(len(among)), [c.label(swept) for c in among], rotation=40, ha="right")
     ax.set_yticks(range(len(pairs)), [pair_name(p) for p in pairs], fontsize=8)
-    ax.set_xlabel("configuration (ranked by mean normalised validation score)")
+    ax.set_xlabel("configuration run on every pair")
     ax.set_ylabel("dataset / student")
-    ax.set_title("Test score per pair (numbers); colour: gap to the pair's validation-chosen best")
-    fig.colorbar(im, ax=ax, label="test - pair best test (points)")
+    ax.set_title("Test score minus the pair's validation-chosen best (points)")
+    fig.colorbar(im, ax=ax, label="test - pair best (points)")
     return _save(fig, path)
 
 
-def all_plots(effects: Effects, out: Path) -> dict[str, Path]:
+def all_plots(
+    effects: Results, out: Path, rankings: list[Ranking] | None = None
+) -> dict[str, Path]:
     """Every figure that the ledger supports, written under `out`."""
     out.mkdir(parents=True, exist_ok=True)
     made = {
-        "regret": plot_regret(effects, out / "regret_per_option.png"),
+        "forest": plot_forest(effects, out / "effects_forest.png"),
         "gain": plot_gain(effects, out / "kd_gain.png"),
-        "tau": plot_tau(effects, out / "score_vs_tau_t.png"),
         "diagnostics": plot_diagnostics(effects, out / "diagnostics.png"),
-        "heatmap": plot_heatmap(effects, out / "heatmap_top_configs.png"),
+        "heatmap": plot_heatmap(effects, out / "regret_single_configs.png"),
     }
+    for k, r in enumerate(rankings or []):
+        made[f"cd:{r.title}"] = plot_cd(r, out / f"cd_diagram_{k}.png")
     return {k: v for k, v in made.items() if v is not None}

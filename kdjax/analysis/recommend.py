@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from kdjax.analysis.configs import Config, Pair
-from kdjax.analysis.inference import (
+from kdjax.analysis.effects import AxisEffect, config_dict
+from kdjax.analysis.load import Cell, Study
+from kdjax.analysis.stats import (
     PTS,
     PairContrast,
     Test,
@@ -24,8 +26,6 @@ from kdjax.analysis.inference import (
     mde_from_se,
     within_pairs,
 )
-from kdjax.analysis.load import Cell, Study
-from kdjax.analysis.option_effects import AxisEffect, config_dict
 
 REFERENCE = {"teacher_checkpoint": "ll", "distance": "ce", "tau_s": 1.0}
 

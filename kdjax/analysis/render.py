@@ -77,40 +77,40 @@ class Doc:
         return "\n".join(out).rstrip() + "\n"
 
     def html(self) -> str:
-        body = [f"<h1>{_inline(self.title)}</h1>"]
+        """The page, from the jinja2 template next to this module (figures embedded)."""
+        blocks = []
         for b in self.blocks:
             kind = b[0]
             if kind == "h":
-                body.append(f"<h{b[1] + 1}>{_inline(b[2])}</h{b[1] + 1}>")
-            elif kind == "p":
-                body.append(f"<p>{_inline(b[1])}</p>")
-            elif kind == "note":
-                body.append(f'<p class="note"><b>Note.</b> {_inline(b[1])}</p>')
+                blocks.append({"kind": kind, "level": b[1], "text": b[2]})
+            elif kind in ("p", "note"):
+                blocks.append({"kind": kind, "text": b[1]})
             elif kind == "list":
-                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
+                blocks.append({"kind": kind, "items": b[1]})
             elif kind == "table":
-                head = "".join(f"<th>{_inline(c)}</th>" for c in b[1])
-                rows = "".join(
-                    "<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2]
-                )
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+                blocks.append({"kind": kind, "header": b[1], "rows": b[2]})
             elif kind == "img":
                 data = base64.b64encode(b[1].read_bytes()).decode("ascii")
-                alt = html.escape(b[2], quote=True)
-                body.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
-                    f"<figcaption>{_inline(b[2])}</figcaption></figure>"
-                )
-        return (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body>\n"
-            + "\n".join(body)
-            + "\n</body></html>\n"
-        )
+                blocks.append({"kind": kind, "data": data, "caption": b[2]})
+        return _template().render(title=self.title, css=CSS, blocks=blocks)
 
 
-def _inline(text: str) -> str:
+def _template() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("kdjax.analysis", "templates"),
+        autoescape=jinja2.select_autoescape(["html", "j2"]),
+        keep_trailing_newline=True,
+    )
+    env.filters["inline"] = _inline
+    return env.get_template("report.html.j2")
+
+
+def _inline(text: str) -> Any:
     """Escape, then the two Markdown marks the report uses: **bold** and `code`."""
-    s = html.escape(text, quote=False)
+    from markupsafe import Markup
+
+    s = html.escape(str(text), quote=False)
     s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+    return Markup(re.sub(r"`(.+?)`", r"<code>\1</code>", s))

@@ -1,22 +1,24 @@
 """`kdjax report WORKDIR`: the study's results as Markdown, HTML, figures and tables.
 
 Writes `WORKDIR/report/`: report.md, report.html (self-contained, figures embedded), the PNGs,
-the ledger as runs.csv and runs.parquet, and the seed-averaged configs.csv.
+effects.csv and recommendation.json (the machine-readable answers), the ledger as runs.csv and
+runs.parquet, and the seed-averaged configs.csv.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
 
-from kdjax.analysis.configs import Config
-from kdjax.analysis.effects import Effects, analyse
 from kdjax.analysis.gaps import Gaps, find_gaps
 from kdjax.analysis.load import load_study, seed_table
+from kdjax.analysis.ranks import axis_rankings
+from kdjax.analysis.results import Results, analyse
 from kdjax.analysis.sections import build
 
 
@@ -64,10 +66,11 @@ def export_runs(ledger: Path, out: Path) -> list[Path]:
     return [*written, out / "runs.parquet"]
 
 
-def export_configs(effects: Effects, path: Path) -> Path:
+def export_configs(results: Results, path: Path) -> Path:
     """Seed-averaged results per (pair, configuration), with each pair's choice marked."""
-    rows = seed_table(effects.study)
-    best = {(p[0], p[1], r.best.label()) for p, r in effects.pairs.items() if r.best is not None}
+    study = results.study
+    rows = seed_table(study)
+    best = {(p[0], p[1], b.label()) for p in study.pairs if (b := study.best(p)) is not None}
     for row in rows:
         row["pair_best"] = int((row["dataset"], row["student"], row["config"]) in best)
     names = list(rows[0]) if rows else ["dataset", "student", "config"]
@@ -80,32 +83,37 @@ def export_configs(effects: Effects, path: Path) -> Path:
 
 def analyse_workdir(
     workdir: str | Path,
-    default: dict[str, Any] | Config | None = None,
-    n_boot: int = 2000,
+    default: dict[str, Any] | None = None,
+    n_boot: int = 1000,
     seed: int = 0,
     axes: dict[str, list[Any]] | None = None,
-) -> tuple[Effects, Gaps]:
-    """Load a workdir's ledger and compute its effects and gaps (no files written)."""
+) -> tuple[Results, Gaps]:
+    """Load a workdir's ledger and compute its answers and gaps (no files written).
+    `default`: axis -> option, the default KD configuration (else every axis's first)."""
     study = load_study(workdir, axes=axes)
-    effects = analyse(study, default=default, n_boot=n_boot, seed=seed)
-    return effects, find_gaps(effects)
+    if default:
+        study.default.update(default)
+    results = analyse(study, n_boot=n_boot, seed=seed)
+    return results, find_gaps(results)
 
 
 def write_report(
     workdir: str | Path,
-    default: dict[str, Any] | Config | None = None,
-    n_boot: int = 2000,
+    default: dict[str, Any] | None = None,
+    n_boot: int = 1000,
     seed: int = 0,
     axes: dict[str, list[Any]] | None = None,
 ) -> Path:
     """Write `WORKDIR/report/` from `WORKDIR/ledger.sqlite`; returns that directory.
 
-    `default`: the configuration "best - default" compares against (axis -> option), by default
-    every axis's first option; `axes`: axis -> options, by default the workdir's
-    manifest.resolved.yaml or the ledger; `n_boot`, `seed`: the bootstrap's resamples and RNG."""
+    `default`: the default KD configuration that the KD gain compares with no KD (axis ->
+    option), by default every axis's first option; `axes`: axis -> options, by default the
+    workdir's manifest.resolved.yaml or the ledger; `n_boot`, `seed`: the bootstrap over test
+    examples (used for corpus-level metrics) and its RNG."""
     workdir = Path(workdir)
     ledger = workdir / "ledger.sqlite"
-    effects, gaps = analyse_workdir(workdir, default, n_boot, seed, axes)
+    results, gaps = analyse_workdir(workdir, default, n_boot, seed, axes)
+    rankings = axis_rankings(results)
     out = workdir / "report"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):  # figures the ledger no longer supports must not linger
@@ -116,10 +124,13 @@ def write_report(
         gaps.notes.append(f"No figures: matplotlib could not be imported ({e}).")
         figs = {}
     else:
-        figs = all_plots(effects, out)
+        figs = all_plots(results, out, rankings)
     export_runs(ledger, out)
-    export_configs(effects, out / "configs.csv")
-    doc = build(effects, gaps, figs, f"Knowledge-distillation study: {workdir.resolve().name}")
+    export_configs(results, out / "configs.csv")
+    results.effects().to_csv(out / "effects.csv", index=False)
+    (out / "recommendation.json").write_text(json.dumps(results.recommendation, indent=2) + "\n")
+    title = f"Knowledge-distillation study: {workdir.resolve().name}"
+    doc = build(results, gaps, figs, rankings, title)
     (out / "report.md").write_text(doc.markdown(root=out))
     (out / "report.html").write_text(doc.html())
     return out
@@ -138,9 +149,11 @@ def _arguments(p: argparse.ArgumentParser) -> None:
         nargs="*",
         default=(),
         metavar="AXIS=VALUE",
-        help="the default configuration, e.g. distance=ce alpha=0.5",
+        help="the default KD configuration the KD gain uses, e.g. distance=ce alpha=0.5",
     )
-    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples over test examples"
+    )
     p.add_argument("--seed", type=int, default=0, help="bootstrap RNG seed")
 
 

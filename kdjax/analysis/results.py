@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdjax.analysis.breakdowns import diagnostics_by
 from kdjax.analysis.configs import Pair
 from kdjax.analysis.degenerate import equivalence_notes, stuck_pairs
-from kdjax.analysis.inference import MIN_PAIRS
+from kdjax.analysis.effects import AxisEffect, active_pairs, all_axis_effects, frame
 from kdjax.analysis.load import Study, load_study
-from kdjax.analysis.option_effects import AxisEffect, active_pairs, all_axis_effects, frame
 from kdjax.analysis.recommend import Gain, kd_gain, recommend
+from kdjax.analysis.stats import MIN_PAIRS
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Results:
     recommendation: dict[str, Any]
     gains: list[Gain]
     equivalences: list[str]
+    diagnostics: dict[str, dict[Any, dict[str, tuple[float, int]]]]
 
     @property
     def cross_pair(self) -> bool:
@@ -42,7 +44,10 @@ def analyse(study: Study, n_boot: int = 1000, seed: int = 0) -> Results:
     axes = all_axis_effects(study, n_boot, seed)
     rec = recommend(study, active, axes, n_boot, seed)
     gains = kd_gain(study, active, n_boot, seed)
-    return Results(study, active, stuck_pairs(study), axes, rec, gains, equivalence_notes(study))
+    shown = [a for a in ("distance", "tau_t", "tau_s") if a in study.swept]
+    diagnostics = {a: diagnostics_by(study, a) for a in shown}
+    stuck, notes = stuck_pairs(study), equivalence_notes(study)
+    return Results(study, active, stuck, axes, rec, gains, notes, diagnostics)
 
 
 def analyse_workdir(workdir: str | Path, n_boot: int = 1000, seed: int = 0) -> Results:

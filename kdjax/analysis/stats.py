@@ -1,95 +1,273 @@
-"""Uncertainty: spread over seeds and paired bootstrap intervals for differences."""
+"""Uncertainty of paired contrasts: across pairs, or within pairs from test-example noise.
+
+Two levels, never mixed in one interval:
+
+- **across pairs** (a claim about dataset–student pairs like these; needs >= MIN_PAIRS pairs):
+  the unit is the pair; each pair's contrast is its mean over seeds and test examples, so seed
+  and test-set noise are inside it. Resampling seeds and examples again on top of resampling
+  pairs would count that noise twice (Davison & Hinkley 1997, sec. 3.8, two-stage sampling);
+  with 5-40 units a percentile interval is too narrow, so the interval and the test are
+  Student-t over the pair contrasts (`scipy.stats.ttest_1samp`).
+- **within pairs** (a statement about these pairs only): a paired bootstrap over test examples
+  (Poisson weights, one draw per dataset shared by every seed, option and student, because they
+  all saw the same test set), with McNemar's exact test (`scipy.stats.binomtest` on the
+  discordant examples) for one pair, one seed and 0/1 outcomes. Seed-to-seed variation is not in
+  it: that needs the across-pairs level or more seeds.
+
+Every comparison carries its minimum detectable effect: the true difference it would detect
+with 80% power at alpha 0.05, (q_{1-alpha/2} + q_{power}) x SE.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+from scipy import stats
 
-from kdjax.analysis.configs import Pair
+from kdjax.analysis.load import Cell, Outcomes
+
+ALPHA = 0.05
+POWER = 0.80
+MIN_PAIRS = 5  # fewer pairs: no claim beyond the pairs themselves
+PTS = 100.0
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """`a` minus `b` on test, paired over (pair, seed) units, with a bootstrap interval."""
+class Test:
+    """`a - b` on test (metric units, not points) with its uncertainty.
 
-    axis: str
-    a: Any
-    b: Any
-    diff: float
-    lo: float | None
-    hi: float | None
-    n_units: int
-    n_pairs: int
-    level: float = 0.95
+    `level`: "pairs" (across pairs, Student-t), "examples" (these pairs only, test-example
+    bootstrap), "seeds" (one pair, Student-t over seeds), "identical" (every paired result
+    equal: the same runs), or "none" (no claim).
+    """
+
+    estimate: float
+    lo: float | None = None
+    hi: float | None = None
+    p: float | None = None
+    se: float | None = None
+    mde: float | None = None
+    n_pairs: int = 0
+    level: str = "none"
+    reason: str = ""
+
+    def verdict(self, p_adjusted: float | None = None) -> str:
+        """A sentence: 'worse by 2.1 pt (p=0.003)', 'no detectable difference (MDE 1.8 pt)'."""
+        if self.level == "identical":
+            return "identical runs (every paired result equal)"
+        if self.level == "none":
+            return f"no claim: {self.reason}"
+        p = self.p if p_adjusted is None else p_adjusted
+        scope = {
+            "examples": "these pairs only, test-example noise: ",
+            "seeds": "this pair, seed-to-seed noise only: ",
+        }.get(self.level, "")
+        if p is not None and p < ALPHA:
+            word = "worse" if self.estimate < 0 else "better"
+            return f"{scope}{word} by {abs(self.estimate) * PTS:.1f} pt ({_p(p)})"
+        mde = f"MDE {self.mde * PTS:.1f} pt" if self.mde is not None else "MDE unknown"
+        return f"{scope}no detectable difference ({mde})"
+
+
+def _p(p: float) -> str:
+    return f"p={p:.2g}" if p >= 0.001 else "p<0.001"
+
+
+def mde_from_se(se: float, df: float | None = None) -> float:
+    """Minimum detectable effect at 80% power, two-sided alpha 0.05, from a standard error;
+    Student-t quantiles with `df` degrees of freedom, normal ones without."""
+    dist = stats.t(df) if df else stats.norm
+    return float((dist.ppf(1 - ALPHA / 2) + dist.ppf(POWER)) * se)
+
+
+def across_pairs(contrasts: Sequence[float]) -> Test:
+    """Student-t interval and test for the mean of per-pair contrasts (>= MIN_PAIRS pairs)."""
+    x = np.asarray(contrasts, dtype=float)
+    n = len(x)
+    if n < MIN_PAIRS:
+        return Test(float(x.mean()) if n else float("nan"), n_pairs=n, reason=_few(n))
+    if np.all(x == 0):
+        return Test(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, n, "identical")
+    if np.all(x == x[0]):  # no spread: the t statistic is undefined
+        m = float(x[0])
+        return Test(m, m, m, 0.0, 0.0, 0.0, n, "pairs")
+    res = stats.ttest_1samp(x, 0.0)
+    ci = res.confidence_interval(1 - ALPHA)
+    se = float(x.std(ddof=1) / np.sqrt(n))
+    return Test(
+        float(x.mean()), float(ci.low), float(ci.high), float(res.pvalue), se,
+        mde_from_se(se, n - 1), n, "pairs",
+    )  # fmt: skip
+
+
+def _few(n: int) -> str:
+    return f"{n} pair(s) (< {MIN_PAIRS}): no cross-pair claim"
+
+
+@dataclass(frozen=True)
+class PairContrast:
+    """One pair's paired contrast: runs of configuration `a` minus runs of `b`, by seed; under
+    a grid, `more` holds the same contrast at the other settings of the other knobs, and the
+    pair's contrast is the mean over all of them."""
+
+    dataset: str
+    a: Cell
+    b: Cell
+    more: tuple[tuple[Cell, Cell], ...] = ()
 
     @property
-    def within_noise(self) -> bool | None:
-        """True when the interval contains 0; None when there are too few units to tell."""
-        if self.lo is None or self.hi is None:
-            return None
-        return self.lo <= 0.0 <= self.hi
+    def couples(self) -> list[tuple[Cell, Cell]]:
+        return [(self.a, self.b), *self.more]
 
     @property
-    def verdict(self) -> str:
-        if self.within_noise is None:
-            return "too few runs to tell"
-        pct = round(self.level * 100)
-        return f"within noise ({pct}% CI contains 0)" if self.within_noise else "significant"
+    def seeds(self) -> list[int]:
+        common = [set(a.test) & set(b.test) for a, b in self.couples]
+        return sorted(set.intersection(*common))
+
+    @property
+    def by_seed(self) -> dict[int, float]:
+        return {
+            s: float(np.mean([a.test[s] - b.test[s] for a, b in self.couples])) for s in self.seeds
+        }
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(list(self.by_seed.values())))
+
+    @property
+    def identical(self) -> bool:
+        return all(
+            a is b or all(a.test[s] == b.test[s] for s in self.seeds) for a, b in self.couples
+        )
+
+    def outcome_runs(self) -> list[tuple[Outcomes, Outcomes]]:
+        """(a, b) per-example outcomes of every couple and seed that kept them."""
+        return [
+            (a.outcomes[s], b.outcomes[s])
+            for a, b in self.couples
+            for s in self.seeds
+            if s in a.outcomes and s in b.outcomes
+        ]
 
 
-def bootstrap_mean(
-    values: list[float], n_boot: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float | None, float | None]:
-    """Mean and percentile bootstrap interval of the mean; no interval below 2 values."""
-    x = np.asarray(values, dtype=float)
-    if len(x) == 0:
-        return float("nan"), None, None
-    if len(x) < 2:
-        return float(x.mean()), None, None
+def _index(out: Outcomes, universe: dict[str, int]) -> np.ndarray:
+    for i in out.ids:
+        universe.setdefault(i, len(universe))
+    return np.fromiter((universe[i] for i in out.ids), dtype=np.int64, count=out.n)
+
+
+def within_pairs(contrasts: Sequence[PairContrast], n_boot: int = 1000, seed: int = 0) -> Test:
+    """The mean over `contrasts` of each pair's seed-averaged contrast, with a paired bootstrap
+    over test examples (these pairs only). No claim when a pair lacks per-example outcomes."""
+    n = len(contrasts)
+    if not n:
+        return Test(float("nan"), reason="no pair has both options")
+    estimate = float(np.mean([c.mean for c in contrasts]))
+    if all(c.identical for c in contrasts):
+        return Test(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, n, "identical")
+    lacking = [c for c in contrasts if not c.outcome_runs()]
+    if lacking:
+        why = f"{len(lacking)} of {n} pair(s) have no per-example test outcomes"
+        return Test(estimate, n_pairs=n, reason=f"{_few(n)}; {why}")
+    if n == 1 and _mcnemar_ok(contrasts[0]):
+        return _mcnemar(contrasts[0])
+    universes: dict[str, dict[str, int]] = {}
+    indexed = []
+    for c in contrasts:
+        u = universes.setdefault(c.dataset, {})
+        runs = c.outcome_runs()
+        indexed.append([(a, _index(a, u), b, _index(b, u)) for a, b in runs])
+    linear = all(o.counts is None for runs in indexed for r in runs for o in (r[0], r[2]))
+    if linear:
+        se = _linear_se(contrasts, indexed, universes)
+    else:
+        se = _bootstrap_se(contrasts, indexed, universes, n_boot, seed)
+    if se == 0:
+        return Test(estimate, estimate, estimate, None, 0.0, 0.0, n, "examples")
+    z = stats.norm.ppf(1 - ALPHA / 2)
+    p = float(2 * stats.norm.sf(abs(estimate) / se))
+    return Test(
+        estimate, estimate - z * se, estimate + z * se, p, se, mde_from_se(se), n, "examples"
+    )
+
+
+def _linear_se(contrasts, indexed, universes) -> float:
+    """For a mean metric the example-level bootstrap's SE is known in closed form: the
+    estimate is sum_d mean_i u[d, i] with u[d, i] = (1/P) sum over d's pairs of the example's
+    seed-averaged difference, so its variance is sum_d var_i(u[d]) / n_d."""
+    u = {d: np.zeros(len(x)) for d, x in universes.items()}
+    for c, runs in zip(contrasts, indexed, strict=True):
+        diff = np.zeros(len(universes[c.dataset]))
+        for a, ia, b, ib in runs:
+            diff[ia] += a.values
+            diff[ib] -= b.values
+        u[c.dataset] += diff / len(runs) / len(contrasts)
+    return float(np.sqrt(sum(np.var(x, ddof=1) / len(x) for x in u.values() if len(x) > 1)))
+
+
+def _bootstrap_se(contrasts, indexed, universes, n_boot: int, seed: int) -> float:
+    """Poisson-weight bootstrap over test examples (one draw per dataset), for metrics that
+    are not means of per-example values (corpus F1 from summed counts)."""
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(x.mean()), float(lo), float(hi)
+    weights = {d: rng.poisson(1.0, (n_boot, len(u))).astype(float) for d, u in universes.items()}
+    total = np.zeros(n_boot)
+    for c, runs in zip(contrasts, indexed, strict=True):
+        w = weights[c.dataset]
+        diffs = [a.metric(w[:, ia]) - b.metric(w[:, ib]) for a, ia, b, ib in runs]
+        total += np.mean(diffs, axis=0) / len(contrasts)
+    return float(total.std(ddof=1))
 
 
-def paired_units(a: dict[Pair, dict[int, float]], b: dict[Pair, dict[int, float]]) -> list[float]:
-    """Per-seed differences a - b on the pairs and seeds both have."""
-    out = []
-    for pair in a:
-        if pair in b:
-            out += [a[pair][s] - b[pair][s] for s in sorted(a[pair]) if s in b[pair]]
+def _mcnemar_ok(c: PairContrast) -> bool:
+    runs = c.outcome_runs()
+    if len(runs) != 1:
+        return False
+    binary = [o.values for o in runs[0] if o.values is not None and o.counts is None]
+    return len(binary) == 2 and all(np.isin(v, (0.0, 1.0)).all() for v in binary)
+
+
+def _mcnemar(c: PairContrast) -> Test:
+    """Exact McNemar: among examples the two runs disagree on, is `a` right as often as `b`?"""
+    a, b = c.outcome_runs()[0]
+    right_b = dict(zip(b.ids, b.values, strict=True))
+    common = [(x, right_b[i]) for i, x in zip(a.ids, a.values, strict=True) if i in right_b]
+    ya, yb = np.asarray(common).T
+    only_a, only_b = int(((ya == 1) & (yb == 0)).sum()), int(((ya == 0) & (yb == 1)).sum())
+    n = len(ya)
+    estimate = (only_a - only_b) / n
+    p = float(stats.binomtest(only_a, only_a + only_b).pvalue) if only_a + only_b else 1.0
+    d = ya - yb
+    se = float(d.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+    z = stats.norm.ppf(1 - ALPHA / 2)
+    lo, hi = estimate - z * se, estimate + z * se
+    return Test(estimate, lo, hi, p, se, mde_from_se(se), 1, "examples")
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment (statsmodels) over the p-values present."""
+    from statsmodels.stats.multitest import multipletests
+
+    idx = [i for i, p in enumerate(p_values) if p is not None and np.isfinite(p)]
+    out: list[float | None] = [None] * len(p_values)
+    if idx:
+        adj = multipletests([p_values[i] for i in idx], alpha=ALPHA, method="holm")[1]
+        for i, p in zip(idx, adj, strict=True):
+            out[i] = float(p)
     return out
 
 
-def compare_units(
-    axis: str,
-    a: Any,
-    b: Any,
-    a_scores: dict[Pair, dict[int, float]],
-    b_scores: dict[Pair, dict[int, float]],
-    n_boot: int = 2000,
-    seed: int = 0,
-) -> Comparison:
-    """Compare two options from their per-pair, per-seed test scores."""
-    units = paired_units(a_scores, b_scores)
-    diff, lo, hi = bootstrap_mean(units, n_boot, seed)
-    n_pairs = len(set(a_scores) & set(b_scores))
-    return Comparison(axis, a, b, diff, lo, hi, len(units), n_pairs)
+def compare_cells(contrasts: Sequence[PairContrast], n_boot: int = 1000, seed: int = 0) -> Test:
+    """Across pairs when there are enough of them, else within pairs (test-example noise)."""
+    if len(contrasts) >= MIN_PAIRS:
+        if all(c.identical for c in contrasts):
+            return Test(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, len(contrasts), "identical")
+        return across_pairs([c.mean for c in contrasts])
+    return within_pairs(contrasts, n_boot, seed)
 
 
-def seed_spread(per_pair: dict[Pair, dict[int, float]]) -> float | None:
-    """Std over seeds of the mean over pairs (each seed's mean uses the pairs that have it);
-    None with fewer than two seeds."""
-    seeds = sorted({s for d in per_pair.values() for s in d})
-    if len(seeds) < 2:
-        return None
-    means = [np.mean([d[s] for d in per_pair.values() if s in d]) for s in seeds]
-    return float(np.std(means, ddof=1))
-
-
-def mean_std(values: dict[int, float]) -> tuple[float, float | None]:
-    """Mean and sample std over seeds (std None for one seed)."""
+def seed_std(values: dict[int, float]) -> float | None:
+    """Sample std over seeds (None below two seeds)."""
     v = list(values.values())
-    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+    return float(np.std(v, ddof=1)) if len(v) > 1 else None

@@ -54,7 +54,9 @@ def _raw_splits(cfg: DataConfig, task: Task) -> tuple[dict[str, Columns], str]:
             if name is None:
                 continue
             try:
-                given[split] = sources.load_hub(h.name, h.config, name, cols, cfg.labels, h.filter)
+                given[split] = sources.load_hub(
+                    h.name, h.config, name, cols, cfg.labels, h.filter, h.revision, h.data_files
+                )
             except sources.MissingSplit:
                 if split == "train":
                     raise

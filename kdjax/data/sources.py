@@ -141,20 +141,74 @@ class MissingSplit(ValueError):
     """A hub dataset without the named split."""
 
 
-def _names(values: list, feature, labels: tuple[str, ...] | None) -> list:
+def _check_labelled(values: list, nested: bool, where: str, column: str) -> None:
+    """Refuse class ids below 0: -1 marks an unlabelled row (GLUE's hidden test labels), and
+    Python would quietly read it as the last class."""
+    flat = (v for seq in values for v in seq) if nested else iter(values)
+    bad = sum(1 for v in flat if v is not None and v < 0)
+    if bad:
+        raise ValueError(
+            f"{where}: {bad} label(s) of column {column!r} are -1, i.e. unlabelled (a split whose "
+            "labels are hidden, like GLUE's test split); use a labelled split instead (set "
+            "data.hub.test to the validation split's name, or null)"
+        )
+
+
+def _names(values: list, feature, labels: tuple[str, ...] | None, where: str, column: str) -> list:
     """Class ids -> names, through the dataset's ClassLabel (also inside a Sequence) or, for
     plain integer columns, through the configured label list."""
     inner = getattr(feature, "feature", None)
     if hasattr(feature, "names"):
+        _check_labelled(values, False, where, column)
         return [feature.names[v] for v in values]
     if inner is not None and hasattr(inner, "names"):
+        _check_labelled(values, True, where, column)
         return [[inner.names[v] for v in seq] for seq in values]
     dtype = getattr(inner if inner is not None else feature, "dtype", "")
     if labels and str(dtype).startswith("int"):
+        _check_labelled(values, inner is not None, where, column)
+        top = max((v for seq in values for v in seq) if inner is not None else values, default=0)
+        if top >= len(labels):
+            raise ValueError(
+                f"{where}: column {column!r} has class id {top}, but data.labels names only "
+                f"{len(labels)} classes"
+            )
         if inner is not None:
             return [[labels[v] for v in seq] for seq in values]
         return [labels[v] for v in values]
     return values
+
+
+SCRIPT_ERROR = "Dataset scripts are no longer supported"
+
+
+def open_hub(
+    name: str,
+    config: str | None,
+    split: str,
+    revision: str | None = None,
+    data_files: dict | None = None,
+    **kwargs,
+):
+    """`datasets.load_dataset` for one split, with the errors a preset can hit made plain."""
+    import datasets
+
+    where = f"hub dataset {name}" + (f"/{config}" if config else "") + f"[{split}]"
+    extra = {k: v for k, v in (("revision", revision), ("data_files", data_files)) if v}
+    try:
+        return datasets.load_dataset(name, config, split=split, **extra, **kwargs), where
+    except ValueError as e:
+        if "Unknown split" in str(e):
+            raise MissingSplit(f"{where}: no such split ({e})") from None
+        raise
+    except RuntimeError as e:
+        if SCRIPT_ERROR in str(e):
+            raise ValueError(
+                f"{where}: the repo holds a loading script, which datasets>=4 no longer runs "
+                f"({e}). Set data.hub.revision: refs/convert/parquet (the hub's parquet "
+                "conversion), or point the preset at local files (data.source: files)"
+            ) from None
+        raise
 
 
 def load_hub(
@@ -164,18 +218,12 @@ def load_hub(
     columns: dict[str, str],
     labels: tuple[str, ...] | None = None,
     where_equal: dict[str, str] | None = None,
+    revision: str | None = None,
+    data_files: dict | None = None,
 ) -> Columns:
     """One split of a Hugging Face hub dataset (needs the network or a warm `datasets` cache).
     `where_equal` keeps only rows whose columns have these values (e.g. an MRQA subset)."""
-    import datasets
-
-    where = f"hub dataset {name}" + (f"/{config}" if config else "") + f"[{split}]"
-    try:
-        ds = datasets.load_dataset(name, config, split=split)
-    except ValueError as e:
-        if "Unknown split" in str(e):
-            raise MissingSplit(f"{where}: no such split ({e})") from None
-        raise
+    ds, where = open_hub(name, config, split, revision, data_files)
     for ours, theirs in columns.items():
         if theirs not in ds.column_names:
             raise ValueError(
@@ -183,9 +231,20 @@ def load_hub(
                 f"columns present: {', '.join(ds.column_names)}"
             )
     if where_equal:
-        ds = ds.filter(lambda row: all(row[k] == v for k, v in where_equal.items()))
+        missing = [k for k in where_equal if k not in ds.column_names]
+        if missing:
+            raise ValueError(f"{where}: data.hub.filter names missing column(s) {missing}")
+        keys = list(where_equal)
+
+        def keep(*cols: list) -> list[bool]:  # one Arrow batch of the filter columns at a time
+            mask = np.ones(len(cols[0]), dtype=bool)
+            for key, col in zip(keys, cols, strict=True):
+                mask &= np.asarray(col, dtype=object) == where_equal[key]
+            return mask.tolist()
+
+        ds = ds.filter(keep, input_columns=keys, batched=True, batch_size=10_000)
     return {
-        ours: _names(list(ds[theirs]), ds.features[theirs], labels)
+        ours: _names(list(ds[theirs]), ds.features[theirs], labels, where, theirs)
         for ours, theirs in columns.items()
     }
 

@@ -12,7 +12,7 @@ _EXPORTS = {
     "Executor": "executors",
     "LocalExecutor": "executors",
     "Outcome": "executors",
-    "RayExecutor": "executors",
+    "RayExecutor": "ray_exec",
     "Task": "executors",
     "execute": "executors",
     "Ledger": "ledger",

@@ -27,6 +27,8 @@ from kdjax.sweep.executors import Executor, Group, RunFn, Task, make_executor
 from kdjax.sweep.ledger import Ledger
 from kdjax.sweep.manifest import AXES, Manifest, load_manifest
 from kdjax.sweep.plan import Pair, Planner, Point, Run, Stage, choose, unique
+from kdjax.sweep.schedule import Flow, drive
+from kdjax.sweep.storage import LedgerPlace, check_workdir
 from kdjax.sweep.summary import pair_table
 
 log = logging.getLogger(__name__)
@@ -36,19 +38,13 @@ def default_workdir(m: Manifest) -> Path:
     return Path("runs") / "sweeps" / m.name
 
 
-def memory_budget(gb: float | None, executor: str) -> int:
-    """Bytes one group may use: `gb` when given; else, for the local executor, 80% of the first
-    device's memory (half the host's RAM on a CPU); for Ray, half the driver host's RAM (the
-    driver never touches an accelerator the workers need)."""
+def memory_budget(gb: float | None, executor: Executor) -> int:
+    """Bytes one group may use: `gb` when given; else what one task's slot offers, measured
+    where the task runs (the local device, or a probe task on a Ray worker: the slot's device
+    memory, not the driver host's RAM)."""
     if gb:
         return int(gb * 2**30)
-    if executor == "local":
-        import jax
-
-        stats = jax.local_devices()[0].memory_stats() or {}
-        if stats.get("bytes_limit"):
-            return int(0.8 * stats["bytes_limit"])
-    return int(0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return executor.slot_memory()
 
 
 def plan_tasks(runs: list[Run], group_size: int, budget: Callable[[], int]) -> list[Task | Group]:
@@ -83,7 +79,9 @@ def plan_tasks(runs: list[Run], group_size: int, budget: Callable[[], int]) -> l
 
 
 class _Sweep:
-    """Executes batches of runs against the ledger, skipping what is already settled."""
+    """Submits runs against the ledger (skipping what is already settled) and records their
+    outcomes as the executor hands them back; the progress bar counts against the study's
+    planned total, corrected as stages reveal runs shared with earlier ones."""
 
     def __init__(
         self,
@@ -96,11 +94,16 @@ class _Sweep:
     ):
         self.ledger, self.executor, self.retry_failed = ledger, executor, retry_failed
         self.group_size = group_size
-        self._budget = functools.cache(lambda: memory_budget(memory_gb, executor.name))
+        self._budget = functools.cache(lambda: memory_budget(memory_gb, executor))
         self.seen: set[str] = set()
         self.attempted: set[str] = set()  # runs dispatched by this invocation
+        self.inflight: set[str] = set()
+        self.planned_total = 0  # the bar's total once the study is planned, before any stage
         self.done = self.failed = 0
         self.bar = tqdm(total=0, unit="run", desc="sweep", disable=not progress)
+        self.publish: Callable[..., bool] = lambda force=False: False
+        self._same: list[str] = []  # runs after the last printed failure that failed the same way
+        self._last: str | None = None
 
     def _bar(self, done: int = 0, failed: int = 0, quiet: bool = False) -> None:
         self.done += done
@@ -113,18 +116,29 @@ class _Sweep:
             self.bar.update(done + failed)
         self.bar.set_postfix(done=self.done, failed=self.failed)
 
-    def execute(self, runs: list[Run]) -> None:
+    def plan(self, total: int) -> None:
+        """Add `total` planned runs to the bar (before they are known one by one)."""
+        self.bar.total += total
+        self.bar.refresh()
+
+    def submit(self, runs: list[Run], planned: int = 0) -> set[str]:
+        """Hand the runs not yet settled to the executor; returns the ids to wait for (those
+        dispatched now and those already in flight). `planned`: how many of these runs the
+        bar's total already counts (the rest, or the excess, corrects it)."""
         runs = unique(runs)
         self.ledger.upsert_pending(runs)
         new = {r.run_id for r in runs} - self.seen
         self.seen |= new
-        self.bar.total += len(new)
+        self.bar.total += len(new) - planned
         status = self.ledger.status_of([r.run_id for r in runs])
         teachers = self.ledger.fetch({r.teacher_run for r in runs if r.teacher_run}, "status")
         todo: list[Run] = []
+        wait = {r.run_id for r in runs if r.run_id in self.inflight}
         for r in runs:
             st = status[r.run_id]
             fresh = r.run_id in new
+            if r.run_id in self.inflight:
+                continue
             if st == "done":
                 self._bar(done=int(fresh), quiet=True)
             elif st == "failed" and (not self.retry_failed or r.run_id in self.attempted):
@@ -139,33 +153,54 @@ class _Sweep:
                 self._bar(failed=int(fresh))
             else:
                 todo.append(r)
-        if not todo:
-            return
-        self.attempted.update(r.run_id for r in todo)
-        tasks = plan_tasks(todo, self.group_size, self._budget)
-        same: list[str] = []  # runs after the last printed failure that failed the same way
-        last = None
-        for out in self.executor.run(tasks, self.ledger.mark_running):
+        if todo:
+            self.attempted.update(r.run_id for r in todo)
+            for t in plan_tasks(todo, self.group_size, self._budget):
+                self.executor.submit(t, self.ledger.mark_running)
+            ids = {r.run_id for r in todo}
+            self.inflight |= ids
+            wait |= ids
+        return wait
+
+    def pump(self) -> set[str]:
+        """Record the next outcomes the executor hands back; returns the settled run ids."""
+        settled = set()
+        for out in self.executor.wait():
+            settled.add(out.run_id)
+            self.inflight.discard(out.run_id)
             if out.ok:
                 self.ledger.mark_done(out.run_id, out.payload, out.attempts - 1)
                 self._bar(done=1)
                 continue
             self.ledger.mark_failed(out.run_id, out.payload, out.attempts - 1)
             head = out.payload.splitlines()[0]
-            if head == last:  # e.g. every member of a group that raised: one line for all
-                same.append(out.run_id)
+            if head == self._last:  # e.g. every member of a group that raised: one line
+                self._same.append(out.run_id)
             else:
-                self._same_way(same)
+                self._same_way()
                 self.bar.write(f"run {out.run_id} failed: {head}")
-                same, last = [], head
+                self._same, self._last = [], head
             self._bar(failed=1)
-        self._same_way(same)
+        if not self.inflight:
+            self._same_way()
+            self._last = None
+        self.publish()
+        return settled
 
-    def _same_way(self, runs: list[str]) -> None:
-        if runs:
-            self.bar.write(f"  and {len(runs)} more run(s) the same way: {', '.join(runs)}")
+    def execute(self, runs: list[Run], planned: int = 0) -> None:
+        """Submit `runs` and wait until every one of them is settled."""
+        wait = self.submit(runs, planned)
+        while wait & self.inflight:
+            wait -= self.pump()
+
+    def _same_way(self) -> None:
+        if self._same:
+            n, ids = len(self._same), ", ".join(self._same)
+            self.bar.write(f"  and {n} more run(s) the same way: {ids}")
+        self._same = []
 
     def close(self) -> None:
+        self._same_way()
         self.bar.close()
 
 
@@ -207,56 +242,142 @@ def run_stage(
     return chosen
 
 
-def after_search(
-    planner: Planner, sweep: _Sweep, ledger: Ledger, best: dict[Pair, Point]
+def _pair_search(planner: Planner, sweep: _Sweep, ledger: Ledger, pair: Pair, book: _Book) -> Flow:
+    """One pair's greedy search, stage after stage, then (when on) its sensitivity stage;
+    `book` collects each stage's choice for `search.json` and the pair's final winner."""
+    best = planner.default_point()
+    for k in range(len(planner.m.order()) + 1):
+        stage = planner.greedy_stage(k, {pair: best})
+        book.ran += [r.run_id for r in stage.runs]
+        yield stage.runs, book.planned[k]
+        point = book.choose(sweep, ledger, stage, pair, best)
+        if point is None:
+            return
+        best = point
+    book.optimum[pair] = best
+    if planner.m.search.sensitivity_on():
+        stage = planner.sensitivity_stage({pair: best})
+        book.ran += [r.run_id for r in stage.runs]
+        yield stage.runs, book.planned[-1]
+        winner = book.choose(sweep, ledger, stage, pair, best)
+        local = book.extra.setdefault("sensitivity", {}).setdefault("optimum", {})
+        local["/".join(pair)] = winner == best
+        if winner is None:
+            return
+        best = winner
+    book.winners[pair] = best
+
+
+class _Book:
+    """What the flows chose, stage by stage, and the bar's planned run counts per stage."""
+
+    def __init__(self, planner: Planner):
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.extra: dict[str, dict[str, Any]] = {}
+        self.optimum: dict[Pair, Point] = {}
+        self.winners: dict[Pair, Point] = {}
+        self.ran: list[str] = []  # every stage's run ids, in the order the flows planned them
+        m, seeds = planner.m, len(planner.m.seeds)
+        # Upper bounds of the new runs of each stage per pair (a stage reuses the runs of its
+        # incumbent; the bar's total is corrected when a stage's runs are known).
+        stage0 = planner.greedy_stage(0, {planner.pairs()[0]: planner.default_point()})
+        self.planned = [len(unique(stage0.runs))]
+        self.planned += [seeds * (len(getattr(m.axes, a)) - 1) for a in m.order()]
+        # Sensitivity: one-knob variants of the optimum; those along the last searched axis ran
+        # in its stage already.
+        last = m.order()[-1:] if m.order() else []
+        self.planned.append(seeds * sum(len(getattr(m.axes, a)) - 1 for a in AXES if a not in last))
+
+    def total(self, planner: Planner) -> int:
+        """The study's planned student runs: every pair's stages, plus the transfer stage."""
+        m = planner.m
+        per_pair = sum(self.planned[:-1]) + (self.planned[-1] if m.search.sensitivity_on() else 0)
+        return len(planner.pairs()) * per_pair + self.transfer_bound(planner)
+
+    @staticmethod
+    def transfer_bound(planner: Planner) -> int:
+        m = planner.m
+        if not m.search.transfer_on():
+            return 0
+        return (m.search.transfer_top_k + 2) * len(planner.pairs()) * len(m.seeds)
+
+    def choose(
+        self, sweep: _Sweep, ledger: Ledger, stage: Stage, pair: Pair, best: Point
+    ) -> Point | None:
+        options = stage.options[pair]
+        point = choose(options, _val_scores(ledger, [i for ids in options.values() for i in ids]),
+                       best)  # fmt: skip
+        entry = self.entries.setdefault(
+            stage.label, {"stage": stage.label, "best": {}, "options": {}}
+        )
+        key = "/".join(pair)
+        entry["options"][key] = [[list(pt), ids] for pt, ids in options.items()]
+        if point is None:
+            sweep.bar.write(
+                f"{pair[0]}/{pair[1]}: no run of stage {stage.label} finished; "
+                "this pair is not searched further"
+            )
+        else:
+            entry["best"][key] = point
+        return point
+
+    def history(self, labels: list[str]) -> list[dict[str, Any]]:
+        out = []
+        for label in labels:
+            if label in self.entries:
+                out.append({**self.entries[label], **self.extra.get(label, {})})
+        return out
+
+
+def _transfer(
+    planner: Planner, sweep: _Sweep, ledger: Ledger, winners: dict[Pair, Point], planned: int
 ) -> tuple[list[Run], list[dict[str, Any]]]:
-    """The stages after the search: sensitivity (one knob at a time around each pair's
-    optimum; greedy) then transfer (candidate single configurations on every pair). Returns
-    their runs and their `search.json` entries. `best`: each pair's optimum."""
-    runs: list[Run] = []
-    history: list[dict[str, Any]] = []
-    search = planner.m.search
-    winners = best
-    if search.strategy == "greedy" and search.sensitivity_on():
-        stage = planner.sensitivity_stage(best)
-        winners = run_stage(sweep, ledger, stage, best)
-        runs += stage.runs
-        local = {"/".join(p): winners.get(p) == best[p] for p in best}
-        history.append(_entry(stage, winners, optimum=local))
-    if search.transfer_on() and winners:
-        done = ledger.rows(status="done", kind=["distill", "baseline"])
-        scores = {r["run_id"]: r["val_metric"] for r in done if r["val_metric"] is not None}
-        candidates = planner.transfer_candidates(winners, scores)
-        stage = planner.transfer_stage(candidates)
-        sweep.execute(stage.runs)
-        runs += stage.runs
-        cands = [{"config": list(p), "why": why} for p, why in candidates]
-        history.append(_entry(stage, winners, candidates=cands))
-    return runs, history
+    """The transfer stage: candidate single configurations on every pair (it compares
+    configurations across pairs, so it follows every pair's search)."""
+    if not (planner.m.search.transfer_on() and winners):
+        sweep.plan(-planned)
+        return [], []
+    done = ledger.rows(status="done", kind=["distill", "baseline"])
+    scores = {r["run_id"]: r["val_metric"] for r in done if r["val_metric"] is not None}
+    candidates = planner.transfer_candidates(winners, scores)
+    stage = planner.transfer_stage(candidates)
+    sweep.execute(stage.runs, planned)
+    cands = [{"config": list(p), "why": why} for p, why in candidates]
+    return stage.runs, [_entry(stage, winners, candidates=cands)]
 
 
 def _greedy(planner: Planner, sweep: _Sweep, ledger: Ledger, workdir: Path) -> list[str]:
-    """Stage by stage, each stage's options per pair chosen on mean validation score; then
-    the sensitivity and transfer stages (`after_search`)."""
-    best: dict[Pair, Point] = {pair: planner.default_point() for pair in planner.pairs()}
-    planned: list[str] = []
-    history = []
-    for k in range(len(planner.m.order()) + 1):
-        stage = planner.greedy_stage(k, best)
-        best = run_stage(sweep, ledger, stage, best)
-        planned += [r.run_id for r in stage.runs]
-        history.append(_entry(stage, best))
-    runs, more = after_search(planner, sweep, ledger, best)
-    planned += [r.run_id for r in runs]
-    (workdir / "search.json").write_text(json.dumps(history + more, indent=1) + "\n")
-    return planned
+    """Every pair through its greedy stages (then sensitivity) on its own, as soon as its
+    runs finish; then the transfer stage over all pairs."""
+    book = _Book(planner)
+    sweep.plan(book.total(planner))
+    sweep.planned_total = sweep.bar.total
+    flows = {
+        pair: (pair[0], _pair_search(planner, sweep, ledger, pair, book))
+        for pair in planner.pairs()
+    }
+    drive(sweep, planner.teachers, flows)
+    winners = book.winners if planner.m.search.sensitivity_on() else book.optimum
+    runs, more = _transfer(planner, sweep, ledger, winners, book.transfer_bound(planner))
+    history = book.history([*planner.stage_labels(), "sensitivity"]) + more
+    (workdir / "search.json").write_text(json.dumps(history, indent=1) + "\n")
+    return list(dict.fromkeys(book.ran + [r.run_id for r in runs]))
 
 
 def _grid(planner: Planner, sweep: _Sweep, ledger: Ledger, workdir: Path) -> list[str]:
-    """Every configuration everywhere; with `search.transfer`, the candidate single
-    configurations recorded too (all ran already)."""
+    """Every configuration everywhere, each dataset's runs as soon as its teacher finishes;
+    with `search.transfer`, the candidate single configurations recorded too (all ran
+    already)."""
     runs = planner.grid()
-    sweep.execute(runs)
+    transfer = _Book.transfer_bound(planner)
+    sweep.plan(len(runs) + transfer)
+    sweep.planned_total = sweep.bar.total
+
+    def dataset_flow(name: str) -> Flow:
+        mine = [r for r in runs if r.dataset == name]
+        yield mine, len(mine)
+
+    drive(sweep, planner.teachers, {d: (d, dataset_flow(d)) for d in planner.datasets})
     planned = [r.run_id for r in runs]
     if planner.m.search.transfer_on():
         stage = Stage("grid", None)
@@ -266,9 +387,11 @@ def _grid(planner: Planner, sweep: _Sweep, ledger: Ledger, workdir: Path) -> lis
             for point in itertools.product(*values):
                 stage.options[pair][point] = planner._ids(pair, point)
         best = run_stage(sweep, ledger, stage, {})
-        more_runs, more = after_search(planner, sweep, ledger, best)
+        more_runs, more = _transfer(planner, sweep, ledger, best, transfer)
         planned += [r.run_id for r in more_runs]
         (workdir / "search.json").write_text(json.dumps(more, indent=1) + "\n")
+    else:
+        sweep.plan(-transfer)
     return planned
 
 
@@ -306,6 +429,13 @@ def _driver_lock(workdir: Path):
         yield
 
 
+@contextlib.contextmanager
+def _restored(place: LedgerPlace):
+    if place.restore():
+        print(f"ledger restored from the snapshot {place.shared}")
+    yield
+
+
 def run_study(
     manifest_path: str | Path,
     workdir: str | Path | None = None,
@@ -315,18 +445,25 @@ def run_study(
     run_fn: RunFn | None = None,
     progress: bool = True,
     group_size: int | None = None,
+    report: bool = True,
+    resources: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the study in `manifest_path`; returns the workdir and run counts.
 
     `executor`: an Executor, or "local"/"ray" to override the manifest's kind; `run_fn`
     replaces the trainer (a module-level function taking a config JSON string; default: the
     manifest's plug-in `trainer`, else kdjax's);
-    `group_size` overrides the manifest's `executor.group_size`."""
+    `group_size` overrides the manifest's `executor.group_size`; `report`: write the
+    report when the sweep ends; `resources` (Ray) the per-task request, e.g. {"GPU": 0.5} or
+    {"TPU": 1}."""
     if group_size is not None and group_size < 1:
         raise ValueError(f"group_size must be at least 1, got {group_size}")
     m = load_manifest(manifest_path)
+    if workdir:
+        check_workdir(workdir)
     workdir = Path(workdir) if workdir else default_workdir(m)
     workdir.mkdir(parents=True, exist_ok=True)
+    place = LedgerPlace(workdir)
     resolved = {"root": str(m.root), **m.model_dump(mode="json")}
     (workdir / "manifest.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     planner = Planner(m, workdir)
@@ -338,17 +475,25 @@ def run_study(
         run_fn = PluginTrainer(m.trainer, str(m.root))
     if not isinstance(executor, Executor):
         spec = m.executor if executor is None else m.executor.model_copy(update={"kind": executor})
-        executor = make_executor(spec, run_fn, address)
-    with _driver_lock(workdir), Ledger(workdir / "ledger.sqlite") as ledger:
+        executor = make_executor(spec, run_fn, address, resources)
+    if place.remote:
+        place.dir.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{workdir} is on a network filesystem ({place.kind}): the ledger is kept "
+            f"at {place.path} and published to {place.shared}"
+        )
+    with _driver_lock(place.dir), _restored(place), Ledger(place.path) as ledger:
         requeued = ledger.reset_running()
         if requeued:
             print(f"{requeued} run(s) interrupted earlier go back to pending")
         # A plug-in trainer trains one run at a time: grouping is kdjax's trainer's.
         size = 1 if m.trainer else group_size or m.executor.group_size
         sweep = _Sweep(ledger, executor, retry_failed, progress, size, m.executor.group_memory_gb)
+        sweep.publish = lambda force=False: place.publish(ledger.db, force)
         try:
+            executor.prepare(str(workdir))
             teachers = list(planner.teachers.values())
-            sweep.execute(teachers)
+            sweep.plan(len(teachers))
             if m.search.strategy == "grid":
                 planned = _grid(planner, sweep, ledger, workdir)
             else:
@@ -356,13 +501,16 @@ def run_study(
         finally:
             sweep.close()
             executor.close()
+            place.publish(ledger.db, force=True)
         ids = [t.run_id for t in teachers] + planned
         rows = list(ledger.fetch(ids, *_ROW_COLUMNS).values())
     print(pair_table(rows))
     print(f"done {sweep.done}, failed {sweep.failed} of {len(set(ids))} runs; ledger in {workdir}")
-    _report(workdir)
+    if report:
+        _report(workdir)
     return {"workdir": workdir, "runs": list(dict.fromkeys(ids)), "done": sweep.done,
-            "failed": sweep.failed}  # fmt: skip
+            "failed": sweep.failed, "planned_total": sweep.planned_total,
+            "total": sweep.bar.total}  # fmt: skip
 
 
 _ROW_COLUMNS = (

@@ -2,21 +2,21 @@
 
 Runs are idempotent and results come back to the driver, which alone writes the ledger; an
 executor only runs things. `LocalExecutor` runs them in this process, one at a time;
-`RayExecutor` spreads them over a Ray cluster (GPU nodes, TPU hosts), one task per run. A
+`RayExecutor` (`kdjax.sweep.ray_exec`) spreads them over a Ray cluster, one task per run or
+group on one slot (a GPU, a fraction of one, or TPU chips). A
 `Group` of runs (grouped training, `kdjax.training.grouped`) is one task that gives back one
 outcome per member: a member that fails does not fail the others.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import socket
 import traceback
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 RunFn = Callable[[str], dict]
@@ -119,11 +119,14 @@ def error_text(e: BaseException) -> str:
 
 
 class Executor:
-    """Runs tasks; `on_start(run_id)` is called (in the caller's thread) as each run is
-    dispatched, for every member of a group.
+    """Runs tasks and hands back their outcomes as they finish.
 
-    `run_fn` trains one run (default `execute`); `group_fn` trains a group (default
-    `execute_group`, or member by member with a custom `run_fn`)."""
+    The driver `submit`s a task as soon as it is ready (its teacher done, its stage open) and
+    calls `wait` for what finished next, so work of one dataset-student pair never waits for
+    another's. `on_start(run_id)` is called, in the caller's thread, as each run is
+    dispatched (for every member of a group). `run_fn` trains one run (default `execute`);
+    `group_fn` trains a group (default `execute_group`, or member by member with a custom
+    `run_fn`)."""
 
     name = "executor"
 
@@ -133,10 +136,35 @@ class Executor:
             group_fn = execute_group if run_fn is None else functools.partial(one_by_one, run_fn)
         self.group_fn = group_fn
 
+    def prepare(self, workdir: str) -> None:
+        """Checks before the first task (cluster resources, shared storage); raise to stop."""
+
+    def submit(self, t: Task | Group, on_start: Callable[[str], None]) -> None:
+        raise NotImplementedError
+
+    def wait(self) -> list[Outcome]:
+        """Outcomes of at least one finished task (all members of a group); [] when nothing
+        is submitted."""
+        raise NotImplementedError
+
+    @property
+    def busy(self) -> int:
+        """Tasks submitted and not yet handed back."""
+        raise NotImplementedError
+
     def run(
         self, tasks: Sequence[Task | Group], on_start: Callable[[str], None]
     ) -> Iterator[Outcome]:
-        raise NotImplementedError
+        """All of `tasks`, outcomes as they finish."""
+        for t in tasks:
+            self.submit(t, on_start)
+        while self.busy:
+            yield from self.wait()
+
+    def slot_memory(self) -> int:
+        """Bytes one task may use on the device it gets: 80% of the device's memory, or half
+        the host's RAM where the device does not say (a CPU)."""
+        return device_memory()
 
     def call(self, t: Task | Group) -> tuple[Callable[[Any], Any], Any]:
         """The function that trains `t` and its argument."""
@@ -148,150 +176,81 @@ class Executor:
         pass
 
 
+def device_memory() -> int:
+    """80% of the first local device's memory limit, else half this host's RAM."""
+    import os
+
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(0.8 * stats["bytes_limit"])
+    return int(0.5 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
 class LocalExecutor(Executor):
-    """In-process, one task at a time. An exception fails that run (or every member of that
-    group); the sweep goes on."""
+    """In-process, one task at a time, in the order submitted (the order in which tasks became
+    ready). An exception fails that run (or every member of that group); the sweep goes on."""
 
     name = "local"
 
-    def run(
-        self, tasks: Sequence[Task | Group], on_start: Callable[[str], None]
-    ) -> Iterator[Outcome]:
-        for t in tasks:
-            for m in members(t):
-                on_start(m.run_id)
-            fn, payload = self.call(t)
-            try:
-                value = fn(payload)
-            except Exception as e:  # noqa: BLE001 - any run error is that run's failure
-                yield from failed(t, error_text(e))
-            else:
-                yield from succeeded(t, value)
-
-
-def _ray_task(fn: Callable[[Any], Any], payload: Any, marker: str | None) -> Any:
-    # Each execution (a retry after a worker died included) leaves a line in the marker, so
-    # the driver can record how many attempts a run took.
-    if marker:
-        try:
-            Path(marker).parent.mkdir(parents=True, exist_ok=True)
-            with open(marker, "a") as f:
-                f.write(f"{socket.gethostname()}\n")
-        except OSError:
-            pass  # no shared filesystem: attempts are then counted once
-    return fn(payload)
-
-
-class RayExecutor(Executor):
-    """One Ray task per run or group, placed by `num_cpus`/`num_gpus`/`resources` (TPU hosts:
-    `resources={"TPU": 4}`). A task whose worker dies is retried by Ray up to `max_retries`
-    times; an exception raised by the run is not retried and comes back as a failure."""
-
-    name = "ray"
-
-    def __init__(
-        self,
-        address: str | None = None,
-        num_cpus: float = 1,
-        num_gpus: float = 0,
-        resources: dict[str, float] | None = None,
-        max_retries: int = 2,
-        run_fn: RunFn | None = None,
-        group_fn: GroupFn | None = None,
-    ):
+    def __init__(self, run_fn: RunFn | None = None, group_fn: GroupFn | None = None):
         super().__init__(run_fn, group_fn)
-        self.address = address
-        self.options: dict[str, Any] = {
-            "num_cpus": num_cpus,
-            "num_gpus": num_gpus,
-            "resources": dict(resources or {}),
-            "max_retries": max_retries,
-            "retry_exceptions": False,
-        }
-        if num_gpus or resources:
-            # A fresh process per run hands the accelerator's memory back when the run ends.
-            self.options["max_calls"] = 1
-        self._started = False
+        self._queue: collections.deque = collections.deque()
 
-    def _connect(self):
-        try:
-            import ray
-        except ImportError:
-            raise RuntimeError(
-                "executor ray: the `ray` package is not installed; pip install 'kdjax[ray]'"
-            ) from None
-        if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
-            self._started = True
-        return ray
+    def submit(self, t: Task | Group, on_start: Callable[[str], None]) -> None:
+        self._queue.append((t, on_start))
 
-    def run(
-        self, tasks: Sequence[Task | Group], on_start: Callable[[str], None]
-    ) -> Iterator[Outcome]:
-        ray = self._connect()
-        remote = ray.remote(_ray_task).options(**self.options)
-        pending: dict[Any, tuple[Task | Group, str]] = {}
-        try:
-            for t in tasks:
-                first = members(t)[0]
-                marker = str(Path(first.output_dir) / f".attempt-{uuid.uuid4().hex[:12]}")
-                for m in members(t):
-                    on_start(m.run_id)
-                pending[remote.remote(*self.call(t), marker)] = (t, marker)
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    t, marker = pending.pop(ref)
-                    yield from self._outcomes(ray, ref, t, marker)
-        finally:
-            for ref in pending:  # the driver stopped early: do not leave runs behind
-                ray.cancel(ref, force=True)
+    @property
+    def busy(self) -> int:
+        return len(self._queue)
 
-    def _outcomes(self, ray, ref, t: Task | Group, marker: str) -> list[Outcome]:
-        attempts = _count_lines(marker)
+    def wait(self) -> list[Outcome]:
+        if not self._queue:
+            return []
+        t, on_start = self._queue.popleft()
+        for m in members(t):
+            on_start(m.run_id)
+        fn, payload = self.call(t)
         try:
-            value = ray.get(ref)
-        except ray.exceptions.RayTaskError as e:
-            cause = e.cause if getattr(e, "cause", None) is not None else e
-            head = f"{type(cause).__name__}: {cause}".split("\n", 1)[0]
-            error = f"{head}\n{e}"
-        except ray.exceptions.RayError as e:  # a worker or node died more than max_retries times
-            head = f"{type(e).__name__}: {e}".split("\n", 1)[0]
-            error = f"{head}\n{e}"
-        else:
-            return succeeded(t, value, attempts)
-        return failed(t, error, attempts)
+            value = fn(payload)
+        except Exception as e:  # noqa: BLE001 - any run error is that run's failure
+            return failed(t, error_text(e))
+        return succeeded(t, value)
 
     def close(self) -> None:
-        if self._started:
-            import ray
-
-            ray.shutdown()
-            self._started = False
+        self._queue.clear()
 
 
-def _count_lines(marker: str) -> int:
-    path = Path(marker)
-    try:
-        n = len(path.read_text().splitlines())
-        path.unlink()
-    except OSError:
-        return 1
-    return max(n, 1)
-
-
-EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
-
-
-def make_executor(spec: Any, run_fn: RunFn | None = None, address: str | None = None) -> Executor:
-    """An executor from a manifest's `executor` section (`address` overrides its address)."""
+def make_executor(
+    spec: Any,
+    run_fn: RunFn | None = None,
+    address: str | None = None,
+    resources: dict[str, float] | None = None,
+) -> Executor:
+    """An executor from a manifest's `executor` section; `address` overrides its address and
+    `resources` (e.g. {"GPU": 0.5} or {"TPU": 1}) its per-task resource request."""
     if spec.kind == "local":
         return LocalExecutor(run_fn)
+    from kdjax.sweep.ray_exec import RayExecutor, split_request
+
+    request = {"CPU": spec.num_cpus, "GPU": spec.num_gpus, **spec.resources}
+    if resources is not None:  # --resources replaces the accelerator part of the request
+        request = {"CPU": spec.num_cpus, **split_request(resources)}
+    request = split_request(request)
     return RayExecutor(
         address=address or spec.address,
-        num_cpus=spec.num_cpus,
-        num_gpus=spec.num_gpus,
-        resources=spec.resources,
+        num_cpus=request.pop("CPU", spec.num_cpus),
+        num_gpus=request.pop("GPU", 0),
+        resources=request,
         max_retries=spec.max_retries,
         run_fn=run_fn,
     )
+
+
+def __getattr__(name: str) -> Any:  # RayExecutor moved to ray_exec; old imports keep working
+    if name == "RayExecutor":
+        from kdjax.sweep.ray_exec import RayExecutor
+
+        return RayExecutor
+    raise AttributeError(name)

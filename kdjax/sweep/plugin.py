@@ -29,11 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 # The metric each task family reports (as kdjax's own tasks name it), without importing them.
-TASK_METRICS = {"classification": "accuracy", "token_classification": "f1", "extractive_qa": "f1"}
+# kdjax.training.run_dir.OUTCOMES_FILE, named here without importing the trainer's stack.
 OUTCOMES_FILE = "test_outcomes.json"
+TASK_METRICS = {"classification": "accuracy", "token_classification": "f1", "extractive_qa": "f1"}
+
+
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml's when built with it
 
 
 class TrainerResultError(ValueError):
@@ -88,18 +93,25 @@ def _number(value: Any, field: str, where: str) -> float:
     return float(value)
 
 
-def _per_example(value: Any, where: str) -> list[float]:
-    if hasattr(value, "tolist"):  # numpy / jax arrays
-        value = value.tolist()
-    if not isinstance(value, list | tuple) or not value:
+def _per_example(value: Any, where: str) -> list[float] | list[int]:
+    """Per-example outcomes as a list: ints where every value is whole (0/1 correct)."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != 1 or not len(arr) or isinstance(value, str | bytes):
         raise TrainerResultError(
             f"{where}: test_correct must be a non-empty list of numbers (one per test "
             f"example), got {type(value).__name__}"
         )
-    out = []
-    for i, v in enumerate(value):
-        out.append(_number(v, f"test_correct[{i}]", where))
-    return out
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if len(bad):
+        raise TrainerResultError(
+            f"{where}: test_correct[{bad[0]}] must be a finite number, got {arr[bad[0]]}"
+        )
+    if np.all(arr == np.round(arr)):
+        return arr.astype(np.int64).tolist()
+    return arr.round(6).tolist()
 
 
 def to_result(value: Any, cfg: dict[str, Any], where: str) -> dict[str, Any]:
@@ -155,7 +167,7 @@ class PluginTrainer:
         cfg = json.loads(config_json)
         out = Path(cfg["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (out / "config.yaml").write_text(yaml.dump(cfg, Dumper=_DUMPER))
         fn = resolve_trainer(self.spec, self.root)
         start = time.time()
         value = fn(json.loads(config_json))  # a fresh copy: the trainer may change it
@@ -164,7 +176,7 @@ class PluginTrainer:
         result.update(trainer=self.spec, train_time_s=round(wall, 4), wall_time_s=round(wall, 4))
         result["host"] = socket.gethostname()
         write_outcomes(out, result.get("test_outcomes"))
-        (out / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "result.json").write_text(json.dumps(result, separators=(",", ":")) + "\n")
         return result
 
 

@@ -76,6 +76,14 @@ class Task(Protocol):
         """Metrics from row logits (float32, [rows, ...], padded back to `enc.seq_len`):
         the task metric(s), `loss`, and `agreement` with the teacher when given."""
 
+    def outcomes(self, logits: np.ndarray, enc: Encoded, labels: tuple[str, ...]) -> Outcomes:
+        """Per-example test outcomes, in the split's example order: `ids` and `values` (one
+        float per example; their mean is the task metric where the metric is a mean)."""
+
+
+# {"ids": [...], "values": [...], ...}: what a run keeps of each test example (a few kB).
+Outcomes = dict[str, list]
+
 
 def log_softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = z.astype(np.float64)

@@ -86,3 +86,8 @@ class Classification:
         if teacher_logits is not None:
             out["agreement"] = float((pred == teacher_logits.argmax(-1)).mean())
         return out
+
+    def outcomes(self, logits, enc: Encoded, labels) -> dict[str, list]:
+        """1 where the example's prediction is right, else 0; the mean is the accuracy."""
+        right = logits.argmax(-1) == enc.arrays["labels"]
+        return {"ids": list(range(len(right))), "values": right.astype(int).tolist()}

@@ -323,3 +323,15 @@ class ExtractiveQA:
             teacher = self.decode(teacher_logits, enc)
             out["agreement"] = float(np.mean([pred[q] == teacher[q] for q in enc.meta["ids"]]))
         return out
+
+    def outcomes(self, logits, enc: Encoded, labels) -> dict[str, list]:
+        """Per question (by its id): `values` its F1 and `em` its exact match, as fractions;
+        their means are the split's f1 and exact_match."""
+        pred = self.decode(logits, enc)
+        ids, f1, em = [], [], []
+        for qid, golds in zip(enc.meta["ids"], enc.meta["answers"], strict=True):
+            s = squad_em_f1({qid: pred[qid]} if qid in pred else {}, {qid: golds})
+            ids.append(qid)
+            f1.append(round(s["f1"] / 100.0, 4))
+            em.append(int(s["exact_match"] == 100.0))
+        return {"ids": ids, "values": f1, "em": em}

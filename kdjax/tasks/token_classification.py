@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdjax.config import DataConfig
-from kdjax.metrics import entity_f1
+from kdjax.metrics import _get_entities, entity_f1
 from kdjax.tasks.base import MODEL_INPUTS, Columns, Encoded, LossInputs, log_softmax
 from kdjax.tasks.classification import padded_length
 
@@ -188,6 +188,24 @@ class TokenClassification:
             agree = pred == np.asarray(teacher_logits).argmax(-1)
             out["agreement"] = float(agree[valid].mean()) if n else 0.0
         return out
+
+    def outcomes(self, logits, enc: Encoded, labels) -> dict[str, list]:
+        """Per sentence: `counts` [tp, predicted, gold] entities (the entity F1 is not a mean
+        over sentences; it is 2·Σtp / (Σpredicted + Σgold)) and `values`, 1 where the sentence's
+        entities are all exactly right."""
+        counts = sentence_counts(enc.meta["gold_tags"], self.predict_words(logits, enc, labels))
+        values = [int(tp == p == g) for tp, p, g in counts]
+        return {"ids": list(range(len(counts))), "values": values, "counts": counts}
+
+
+def sentence_counts(gold: list[list[str]], pred: list[list[str]]) -> list[list[int]]:
+    """[true positives, predicted entities, gold entities] per sentence (typed spans, as
+    `entity_f1` counts them): the corpus F1 is 2·Σtp / (Σpred + Σgold)."""
+    out = []
+    for g, p in zip(gold, pred, strict=True):
+        true, found = set(_get_entities(list(g))), set(_get_entities(list(p)))
+        out.append([len(true & found), len(found), len(true)])
+    return out
 
 
 def _check_logits(logits: np.ndarray, enc: Encoded, labels: tuple[str, ...]) -> None:

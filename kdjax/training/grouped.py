@@ -264,6 +264,7 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
         metrics = task.evaluate(logits, enc, ds.labels, teacher)
         if diagnose:
             metrics["diagnostics"] = diagnostics(task, logits, teacher, enc)
+            metrics["outcomes"] = task.outcomes(logits, enc, ds.labels)
         return metrics
 
     # 4. Resume after the members' last finished epoch when they all reached the same one.

@@ -43,7 +43,7 @@ from kdjax.training.mesh import (
     param_sharding,
     put_batch,
 )
-from kdjax.training.run_dir import RunDir, restore_params
+from kdjax.training.run_dir import OUTCOMES_FILE, RunDir, restore_params
 from kdjax.training.step import (
     init_state,
     kd_hparams,
@@ -206,6 +206,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         metrics = task.evaluate(logits, enc, ds.labels, t_logits.get(split))
         if diagnose:
             metrics["diagnostics"] = diagnostics(task, logits, t_logits.get(split), enc)
+            metrics["outcomes"] = task.outcomes(logits, enc, ds.labels)
         return metrics
 
     # 4. Resume from the last finished epoch, if this run was interrupted.
@@ -279,7 +280,8 @@ def finish(cfg: RunConfig, run: RunDir, host: dict[str, Any], params, graphdef, 
            *, test: Callable[[Any], dict[str, Any]], steps: int, resumed_after: int | None,
            devices: int, train_time_s: float) -> dict[str, Any]:  # fmt: skip
     """A trained run's result: restores its ll then hs checkpoint into `params` (hs stays),
-    records both, tests hs with `test(params)` (metrics plus `diagnostics`) and exports it."""
+    records both, tests hs with `test(params)` (metrics plus `diagnostics` and per-example
+    `outcomes`, kept as `test_outcomes` and in `test_outcomes.json`) and exports it."""
     checkpoints = {}
     for which in ("ll", "hs"):  # hs last: its params stay in `params` for the export
         restore_params(run.dir, which, params)
@@ -315,4 +317,7 @@ def finish(cfg: RunConfig, run: RunDir, host: dict[str, Any], params, graphdef, 
     }
     save_pretrained(nnx.merge(graphdef, params), run.dir / "model", tokenizer=tokenizer)
     result["diagnostics"] = result["test"].pop("diagnostics")
+    # Per-example outcomes (correct or score per test example) for paired tests between runs.
+    result["test_outcomes"] = result["test"].pop("outcomes")
+    run.write_text(OUTCOMES_FILE, json.dumps(result["test_outcomes"], separators=(",", ":")))
     return result

@@ -25,8 +25,9 @@ from kdjax.distributed import is_main, sync
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("hs", "ll")
+OUTCOMES_FILE = "test_outcomes.json"  # per-example test outcomes: {"ids": [...], "values": [...]}
 # What a run writes into its directory (besides config.yaml).
-OUTPUTS = ("checkpoints", "metrics.jsonl", "result.json", "model")
+OUTPUTS = ("checkpoints", "metrics.jsonl", "result.json", "model", OUTCOMES_FILE)
 
 
 def _manager(path: Path) -> ocp.CheckpointManager:
