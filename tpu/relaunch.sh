@@ -93,6 +93,10 @@ recover() {
   if [[ "$SETUP" == 1 ]]; then
     "$TPU_DIR/setup.sh" || return 1
   fi
+  # A study's driver needs the Ray cluster (idempotent: a running one is left alone).
+  if grep -qE 'kdjax(\.cli|\.sweep\.cli)? run ' "$LAST_LAUNCH_FILE"; then
+    "$TPU_DIR/ray-start.sh" || return 1
+  fi
   "$TPU_DIR/launch.sh" --last --replace || return 1
 }
 

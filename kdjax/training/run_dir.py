@@ -113,6 +113,8 @@ class RunDir:
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(_pure_state(state)), host=ocp.args.JsonSave(host)
         )
+        # Waited for: a run killed right after this returns must resume after `epoch` (the
+        # hs/ll params above were written in the background, overlapping this write).
         self.managers["last"].save(epoch, args=args)
         self.managers["last"].wait_until_finished()
 
