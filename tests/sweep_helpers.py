@@ -33,10 +33,12 @@ def score(cfg: dict) -> float:
 
 
 def result(cfg: dict, val: float) -> dict:
+    """A run's result with validation score `val` and a test score anti-correlated with it, so
+    that any choice made on test instead of validation picks other winners."""
     return {
         "metric": "accuracy",
         "validation": {"accuracy": val, "loss": 1 - val},
-        "test": {"accuracy": val - 0.01, "loss": 1.01 - val, "agreement": 0.5},
+        "test": {"accuracy": 1 - val, "loss": val, "agreement": 0.5},
         "best_epoch": 1,
         "train_time_s": 0.5,
         "wall_time_s": 0.6,
