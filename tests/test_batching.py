@@ -82,3 +82,35 @@ def test_diagnostics_against_hand_computed_values():
         ]
     )
     assert abs(d["kl_t1"] - kl) < 1e-9 and d["agreement_dist"] == 0.5
+
+
+def test_prefetch_keeps_order_raises_where_the_producer_failed_and_stops_early():
+    import pytest
+
+    from kdjax.training.batching import prefetch
+
+    assert list(prefetch(iter(range(50)), ahead=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise KeyError("bad row")
+
+    got = []
+    with pytest.raises(KeyError, match="bad row"):
+        for x in prefetch(failing()):
+            got.append(x)
+    assert got == [1, 2]
+    made = []
+
+    def endless():
+        i = 0
+        while True:
+            made.append(i)
+            yield i
+            i += 1
+
+    for x in prefetch(endless(), ahead=2):
+        if x == 5:
+            break  # the producer thread stops instead of running on
+    assert len(made) <= 5 + 1 + 2 + 1

@@ -1,5 +1,7 @@
-"""The cluster launch scripts (tpu/, gpu/): syntax, shellcheck, --help, and what they ask of
-gcloud / SLURM, checked against fakes on PATH that record every call (nothing reaches a cloud)."""
+"""The cluster launch scripts (tpu/, gpu/): shellcheck, syntax and --help of all of them in one
+test, then what they ask of gcloud / SLURM, checked against fakes on PATH that record every call
+(nothing reaches a cloud): a study has one driver, on the head; a single large run spans every
+worker; a dead launch on a READY slice is relaunched; SLURM layouts are checked."""
 
 import json
 import os
@@ -32,7 +34,9 @@ EXPECTED = {
     "gpu/slurm.sbatch",
     "gpu/ray-slurm.sbatch",
 }
-USER_CMD = ["kdjax", "run", "experiments/paper.yaml", "--workdir", "/mnt/kdjax/paper"]
+STUDY_CMD = ["kdjax", "run", "experiments/paper.yaml", "--workdir", "/mnt/kdjax/paper",
+             "--executor", "ray", "--address", "auto", "--resources", '{"TPU": 1}']  # fmt: skip
+USER_CMD = ["kdjax", "distill", "experiments/demo/student_kd.yaml"]  # one run, every worker
 
 # A stateful stand-in for gcloud: records its arguments (one JSON list per line), keeps the
 # TPU / queued-resource state in files, and with FAKE_GCLOUD_EXEC=1 runs `ssh --command` here.
@@ -84,9 +88,11 @@ case " $* " in
 esac
 """
 
-# srun / scontrol for the sbatch scripts: record the call and KDJAX_DISTRIBUTED.
+# srun / scontrol for the sbatch scripts: record the call, KDJAX_DISTRIBUTED and
+# SRUN_CPUS_PER_TASK.
 FAKE_SRUN = """#!/usr/bin/env bash
-printf '%s\\n' "KDJAX_DISTRIBUTED=${KDJAX_DISTRIBUTED:-unset} $*" >>"$FAKE_SLURM_LOG"
+env="KDJAX_DISTRIBUTED=${KDJAX_DISTRIBUTED:-unset} SRUN_CPUS_PER_TASK=${SRUN_CPUS_PER_TASK:-unset}"
+printf '%s\\n' "$env $*" >>"$FAKE_SLURM_LOG"
 """
 
 
@@ -195,19 +201,11 @@ def wait_for(predicate, timeout: float = 10.0) -> bool:
     return predicate()
 
 
-def test_every_expected_script_exists():
+def test_every_script_is_clean_and_answers_help(fakes):
+    """All scripts at once: present, valid bash, shellcheck-clean, and `-h` prints the usage
+    without calling gcloud or SLURM."""
     assert EXPECTED <= set(SCRIPT_IDS)
-    assert (ROOT / "tpu" / "ray-cluster.yaml").is_file()
-    assert (ROOT / "tpu" / "README.md").is_file()
-
-
-@pytest.mark.parametrize("script", SCRIPTS, ids=SCRIPT_IDS)
-def test_bash_syntax(script):
-    proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-
-
-def test_shellcheck_is_clean():
+    assert (ROOT / "tpu" / "ray-cluster.yaml").is_file() and (ROOT / "tpu" / "README.md").is_file()
     proc = subprocess.run(
         [shellcheck_binary(), "--external-sources", *map(str, SCRIPTS)],
         cwd=ROOT,
@@ -215,14 +213,34 @@ def test_shellcheck_is_clean():
         text=True,
     )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+    for script in SCRIPTS:
+        syntax = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert syntax.returncode == 0, f"{script}: {syntax.stderr}"
+        assert "usage" in fakes.run(str(script), "-h").stdout.lower(), script
+    assert fakes.calls() == [] and not (fakes.dir / "slurm.log").exists()
 
 
-@pytest.mark.parametrize("script", SCRIPTS, ids=SCRIPT_IDS)
-def test_help_prints_usage_without_gcloud(script, fakes):
-    proc = fakes.run(str(script), "-h")
-    assert "usage" in proc.stdout.lower()
+def test_a_study_has_one_driver_on_the_head(fakes):
+    """Dry run of the study layout: `kdjax run` on every worker, or under jax.distributed, is
+    refused before any gcloud call; Ray comes up with a node per host (head on worker 0, its
+    dashboard on localhost) and the driver starts on worker 0 alone."""
+    for args in (["--"], ["--worker", "0", "--"], ["--worker", "all", "--no-distributed", "--"]):
+        proc = fakes.run("tpu/launch.sh", *args, *STUDY_CMD, check=False)
+        assert proc.returncode != 0 and "a study has ONE driver" in proc.stderr, proc.stderr
+        assert "tpu/ray-start.sh" in proc.stderr
     assert fakes.calls() == []
-    assert not (fakes.dir / "slurm.log").exists()
+    fakes.run("tpu/ray-start.sh")
+    fakes.run("tpu/launch.sh", "--worker", "0", "--no-distributed", "--", *STUDY_CMD)
+    describe, head, workers, launch = fakes.calls()
+    assert "--worker=0" in head and "export ROLE=head" in ssh_command(head)
+    assert '--dashboard-host="$DASHBOARD_HOST"' in ssh_command(head)
+    assert "export DASHBOARD_HOST=127.0.0.1" in ssh_command(head)
+    assert "--worker=all" in workers and 'ray" start --address="$HEAD_IP:$PORT"' in ssh_command(
+        workers
+    )
+    assert "--worker=0" in launch and "export DISTRIBUTED=0" in ssh_command(launch)
+    runs_study = [c for c in fakes.calls() if "ssh" in c and "kdjax run" in ssh_command(c)]
+    assert runs_study == [launch]  # nothing launches `kdjax run` on every host
 
 
 def test_launch_runs_on_all_workers_detached_and_distributed(fakes):
@@ -328,20 +346,36 @@ def test_relaunch_recreates_a_preempted_slice_and_relaunches(fakes, queued):
     assert "export REPLACE=1" in ssh_command(launches[-1])
 
 
+def test_watch_relaunches_a_command_that_died_on_a_ready_slice(fakes):
+    """The slice stays READY but the launched process group is killed (no exit status): one
+    watch poll relaunches it without recreating the slice; after tpu/stop.sh it stops watching."""
+    fakes.set_state(tpu="READY")
+    run = dict(FAKE_GCLOUD_EXEC="1")
+    pgid_file = fakes.worker / "run" / "pgid"
+    try:
+        fakes.run("tpu/launch.sh", "--id", "t1", "--", "sleep", "60", **run)
+        first = int(pgid_file.read_text())
+        os.killpg(first, 9)  # as the OOM killer or a crash would
+        assert wait_for(lambda: not live_members(first), timeout=5)
+        proc = fakes.run("tpu/relaunch.sh", "--watch", "--once", "--interval", "1", **run)
+        assert "worker 0 dead" in proc.stderr and "command died: relaunching" in proc.stderr
+        assert wait_for(lambda: pgid_file.is_file() and int(pgid_file.read_text()) != first)
+        verbs = [c[3] for c in fakes.calls()]
+        assert "create" not in verbs and "scp" not in verbs  # no recreation, no setup
+        assert live_members(int(pgid_file.read_text()))
+        fakes.run("tpu/stop.sh", "--timeout", "5", **run)
+        proc = fakes.run("tpu/relaunch.sh", "--watch", "--once", "--interval", "1", **run)
+        assert "nothing left to watch" in proc.stderr
+    finally:
+        if pgid_file.exists():
+            subprocess.run(["kill", "-KILL", "--", f"-{pgid_file.read_text().strip()}"],
+                           capture_output=True)  # fmt: skip
+
+
 def test_relaunch_without_a_saved_command_fails(fakes):
     proc = fakes.run("tpu/relaunch.sh", check=False)
     assert proc.returncode != 0 and "launch.sh first" in proc.stderr
     assert fakes.calls() == []
-
-
-def test_ray_start_puts_the_head_on_worker_0(fakes):
-    fakes.run("tpu/ray-start.sh")
-    describe, head, workers = fakes.calls()
-    assert "describe" in describe
-    assert "--worker=0" in head and "export ROLE=head" in ssh_command(head)
-    assert "export HEAD_IP=10.0.0.2" in ssh_command(head)
-    assert "--worker=all" in workers and "export ROLE=worker" in ssh_command(workers)
-    assert 'ray" start --address="$HEAD_IP:$PORT"' in ssh_command(workers)
 
 
 def test_ray_cluster_config_has_what_ray_needs():
@@ -370,6 +404,8 @@ def test_ray_cluster_config_has_what_ray_needs():
     setup = " ".join(config["head_setup_commands"] + config["worker_setup_commands"])
     assert "worker-setup.sh" in setup and "jax[tpu]" in setup
     assert any("ray start" in c and "--head" in c for c in config["head_start_ray_commands"])
+    assert all("0.0.0.0" not in c for c in config["head_start_ray_commands"])
+    assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
     assert any("$RAY_HEAD_IP" in c for c in config["worker_start_ray_commands"])
 
 
@@ -386,6 +422,9 @@ def slurm_env(fakes: Fakes, tmp_path: Path, ntasks: int) -> dict[str, str]:
         SLURM_JOB_NUM_NODES="2",
         SLURM_JOB_NODELIST="node[1-2]",
         SLURM_SUBMIT_DIR=str(ROOT),
+        SLURM_NTASKS_PER_NODE=str(max(ntasks // 2, 1)),
+        SLURM_GPUS_ON_NODE="8",
+        SLURM_CPUS_PER_TASK="8",
         VENV=str(fakes.worker / "venv"),
         LOG_DIR=str(tmp_path / "slurm-logs"),
     )
@@ -402,13 +441,24 @@ def test_slurm_script_sruns_the_command_distributed(fakes, tmp_path):
         assert directive in text
     fakes.run("gpu/slurm.sbatch", *USER_CMD, **slurm_env(fakes, tmp_path, ntasks=16))
     (line,) = (fakes.dir / "slurm.log").read_text().splitlines()
-    assert line.startswith("KDJAX_DISTRIBUTED=1 ")
+    # srun no longer inherits --cpus-per-task (Slurm 22.05): the script passes it on.
+    assert line.startswith("KDJAX_DISTRIBUTED=1 SRUN_CPUS_PER_TASK=8 ")
     assert "--output=" in line and "node-%n.log" in line
     assert line.endswith(" ".join(USER_CMD))
     # one task: one process drives every local GPU, no jax.distributed
     (fakes.dir / "slurm.log").unlink()
     fakes.run("gpu/slurm.sbatch", *USER_CMD, **slurm_env(fakes, tmp_path, ntasks=1))
     assert (fakes.dir / "slurm.log").read_text().startswith("KDJAX_DISTRIBUTED=unset ")
+
+
+def test_slurm_script_refuses_a_study_and_a_task_per_gpu_mismatch(fakes, tmp_path):
+    env = slurm_env(fakes, tmp_path, ntasks=16)
+    proc = fakes.run("gpu/slurm.sbatch", *STUDY_CMD, check=False, **env)
+    assert proc.returncode == 2 and "gpu/ray-slurm.sbatch" in proc.stderr
+    env["SLURM_NTASKS_PER_NODE"] = "4"  # 4 tasks on 8 GPUs: half the GPUs idle
+    proc = fakes.run("gpu/slurm.sbatch", *USER_CMD, check=False, **env)
+    assert proc.returncode == 2 and "--ntasks-per-node=4 but 8 GPU(s) per node" in proc.stderr
+    assert not (fakes.dir / "slurm.log").exists()  # nothing was started
 
 
 def test_sbatch_scripts_refuse_to_run_outside_slurm(fakes):
@@ -420,5 +470,6 @@ def test_sbatch_scripts_refuse_to_run_outside_slurm(fakes):
 def test_ray_slurm_script_runs_the_study_on_a_ray_cluster():
     text = (ROOT / "gpu" / "ray-slurm.sbatch").read_text()
     assert "ray start --head" in text and "ray start --block --address=" in text
-    assert "--executor ray --address auto" in text
+    assert "--executor ray --address auto" in text and '--resources "$RESOURCES"' in text
     assert "#SBATCH --requeue" in text and "#SBATCH --ntasks-per-node=1" in text
+    assert "--dashboard-host=127.0.0.1" in text and "export SRUN_CPUS_PER_TASK=" in text

@@ -43,7 +43,8 @@ def timings(workdir: Path, kinds=("distill", "baseline")) -> list[dict]:
     out = []
     for r in rows:
         rec = json.loads((workdir / "runs" / r["run_id"] / "timing.json").read_text())
-        out.append({**rec, **{k: r[k] for k in ("run_id", "student", "stage")}})
+        keys = ("run_id", "student", "stage", "dataset", "teacher_checkpoint", "kind")
+        out.append({**rec, **{k: r[k] for k in keys}})
     return out
 
 
@@ -55,7 +56,9 @@ def mean_busy(records: list[dict], t0: float, t1: float) -> float:
 
 def test_one_chip_per_run_keeps_four_slots_busy(tpu_host, tmp_path):
     axes = {"distance": ["ce", "kl"], "alpha": [0.5, 1.0]}
-    path = manifest(tmp_path, axes=axes, seeds=[0, 1], train={"default": {"epochs": 2}})
+    # Online teacher: no logit cache, whose first user would run alone (tested below).
+    path = manifest(tmp_path, axes=axes, seeds=[0, 1], train={"default": {"epochs": 2}},
+                    teacher_mode="online")  # fmt: skip
     # The fake runs touch no device, so workers are reused: a fresh worker per task (the default
     # with an accelerator) costs seconds here, on a loaded 2-core machine, against sub-second
     # runs; on a TPU host it costs seconds against minutes of training.
@@ -98,6 +101,27 @@ def test_a_fast_pair_finishes_its_search_while_a_slow_pair_is_in_its_first_stage
     assert len(fast) >= 4 and len(slow_first) == 2
     assert max(r["end"] for r in fast) < min(r["end"] for r in slow_first)
     assert any(r["stage"] == "sensitivity" for r in fast)
+
+
+def test_dataset_a_trains_while_teacher_b_trains_and_each_cache_is_built_once(tpu_host, tmp_path):
+    """Teacher B takes 3 s; dataset A's students run meanwhile. Per (dataset, teacher
+    checkpoint) the first run builds the logit cache alone; the others start after it."""
+    a = fake.BASE["datasets"][0]
+    b = {**a, "name": "slow", "data": {**a["data"], "max_length": 64}}
+    search = {"strategy": "greedy", "order": ["teacher"], "transfer": False, "sensitivity": False}
+    path = manifest(tmp_path, datasets=[a, b], axes={"teacher": ["hs", "ll"]}, search=search)
+    executor = RayExecutor(resources={"TPU": 1}, run_fn=fake.timed, fresh_workers=False)
+    assert run_study(path, tmp_path / "w", executor, progress=False)["failed"] == 0
+    recs = timings(tmp_path / "w", kinds=("teacher", "distill", "baseline"))
+    teacher_b = next(r for r in recs if r["kind"] == "teacher" and r["dataset"] == "slow")
+    students_a = [r for r in recs if r["kind"] != "teacher" and r["dataset"] == "sent"]
+    assert min(r["end"] for r in students_a) < teacher_b["end"]
+    for dataset in ("sent", "slow"):
+        for ckpt in ("hs", "ll"):
+            users = [r for r in recs if r["kind"] != "teacher" and r["dataset"] == dataset]
+            runs = sorted((r for r in users if r["teacher_checkpoint"] == ckpt),
+                          key=lambda r: r["start"])  # fmt: skip
+            assert len(runs) >= 2 and runs[0]["end"] <= runs[1]["start"], (dataset, ckpt)
 
 
 @pytest.mark.parametrize("request_, missing", [({"TPU": 8}, "TPU >= 8"), ({"GPU": 0.5}, "GPU")])

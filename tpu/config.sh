@@ -45,11 +45,12 @@ fi
 # which is what makes a relaunch after preemption resume instead of restart.
 : "${WORKDIR:=/mnt/kdjax}"
 # One of (tpu/setup.sh mounts it at WORKDIR on every worker, again after each recreation):
-# - an NFS share, e.g. a Filestore instance "10.0.0.2:/kdjax" (any slice; the best home for a
-#   study's SQLite ledger on a multi-host slice);
+# Every host must see it at the same path: the runs of a study go to whichever host has a free
+# chip (kdjax checks at start, with a probe task per Ray node). The study's SQLite ledger stays
+# on the driver's local disk, with a snapshot published here (see tpu/README.md).
+# - an NFS share, e.g. a Filestore instance "10.0.0.2:/kdjax" (any slice);
 : "${NFS_SHARE:=}"
-# - a GCS bucket, mounted with gcsfuse (any slice; fine for checkpoints and logs, but gcsfuse
-#   has no file locks, so keep a study's ledger elsewhere; see tpu/README.md);
+# - a GCS bucket, mounted with gcsfuse (any slice; --rename-dir-limit for Orbax);
 : "${GCS_BUCKET:=}"
 # - an existing persistent disk, attached read-write at creation (single-host slices only: a
 #   disk is read-write on one VM at a time); formatted only if blank.
@@ -63,8 +64,9 @@ fi
 : "${VENV_DIR:=/opt/kdjax/venv}"
 # Per-worker launch state (process group id, current log path).
 : "${RUN_STATE_DIR:=/opt/kdjax/run}"
-# kdjax needs Python >= 3.11; the TPU images ship 3.10, so the venv gets a uv-managed Python.
-: "${PYTHON_VERSION:=3.12}"
+# kdjax needs Python >= 3.11; the TPU images ship 3.10, so the venv gets a uv-managed Python,
+# the version requirements/lock.txt was resolved with.
+: "${PYTHON_VERSION:=3.11}"
 # Extras of kdjax to install, and the JAX build for the accelerator.
 : "${KDJAX_EXTRAS:=ray}"
 : "${JAX_SPEC:=jax[tpu]}"

@@ -2,18 +2,24 @@
 # usage: tpu/launch.sh [options] [--] COMMAND [ARG...]
 #        tpu/launch.sh --last [--replace]
 #
-# Start COMMAND on every worker of the TPU slice, in the background (setsid + nohup: it
-# survives the SSH session), from REPO_DIR with the kdjax venv active and KDJAX_DISTRIBUTED=1
-# exported, so that kdjax calls jax.distributed.initialize() and the workers form one JAX
-# program. Each worker writes its log to $WORKDIR/logs/<launch-id>/worker-<i>.log.
-# The command is also saved on this machine, for tpu/relaunch.sh.
+# Start COMMAND in the background (setsid + nohup: it survives the SSH session), from REPO_DIR
+# with the kdjax venv active. Each worker writes its log to
+# $WORKDIR/logs/<launch-id>/worker-<i>.log; the command is saved here, for tpu/relaunch.sh.
 #
-#   tpu/launch.sh -- kdjax run experiments/paper.yaml --workdir /mnt/kdjax/paper
-#   tpu/launch.sh -- kdjax distill experiments/demo/student_kd.yaml
+# Two layouts:
+# - a study (`kdjax run`): ONE driver, on worker 0 (the Ray head, tpu/ray-start.sh), spreading
+#   runs over the chips of every host, one run per chip. Launching it on every worker, or with
+#   KDJAX_DISTRIBUTED, is refused: each worker would drive the whole study.
+#     tpu/ray-start.sh
+#     tpu/launch.sh --worker 0 --no-distributed -- kdjax run experiments/paper.yaml \
+#       --workdir /mnt/kdjax/paper --executor ray --address auto --resources '{"TPU": 1}'
+# - one large run over the whole slice (`kdjax finetune` / `distill`): on every worker, with
+#   KDJAX_DISTRIBUTED=1 exported, so that the workers form one JAX program.
+#     tpu/launch.sh -- kdjax distill experiments/demo/student_kd.yaml
 #
 #   --id ID            launch id, names the log folder (default: UTC date-time)
 #   --worker W         run on worker W only (default: all)
-#   --no-distributed   do not export KDJAX_DISTRIBUTED=1 (e.g. the driver of a Ray study)
+#   --no-distributed   do not export KDJAX_DISTRIBUTED=1 (the driver of a study)
 #   --env VAR=VALUE    also export VAR on the workers (repeatable)
 #   --replace          stop what an earlier launch still runs first (otherwise: refuse)
 #   --last             launch the last saved command again, with its options
@@ -101,6 +107,30 @@ load_last_launch() {
   CMD=("${LAST_CMD[@]}")
 }
 
+# Whether the command drives a study: `kdjax run`, or the sweep module's `run`.
+is_study() {
+  local i
+  for ((i = 0; i + 1 < ${#CMD[@]}; i++)); do
+    case "${CMD[i]}" in
+      kdjax | */kdjax | kdjax.cli | kdjax.sweep.cli)
+        [[ "${CMD[i + 1]}" == run ]] && return 0
+        ;;
+    esac
+  done
+  return 1
+}
+
+# A study has one driver: on one worker, not under jax.distributed.
+check_study_layout() {
+  is_study || return 0
+  if [[ "$WORKER" == all || "$DISTRIBUTED" == 1 ]]; then
+    die "a study has ONE driver: launch \`kdjax run\` on the Ray head only, without jax.distributed:
+  tpu/ray-start.sh
+  tpu/launch.sh --worker 0 --no-distributed -- ${CMD[*]} --executor ray --address auto --resources '{\"TPU\": 1}'
+(every worker's chips are Ray slots, one run per chip)"
+  fi
+}
+
 # The script that runs on each worker.
 remote_script() {
   remote_exports WORKDIR REPO_DIR VENV_DIR RUN_STATE_DIR LAUNCH_ID REPLACE DISTRIBUTED
@@ -133,7 +163,7 @@ fi
 logdir="$WORKDIR/logs/$LAUNCH_ID"
 mkdir -p "$logdir"
 log="$logdir/worker-$wid.log"
-rm -f "$RUN_STATE_DIR/pgid"
+rm -f "$RUN_STATE_DIR/pgid" "$RUN_STATE_DIR/exit-status" "$RUN_STATE_DIR/stopped"
 if [[ "$DISTRIBUTED" == 1 ]]; then
   export KDJAX_DISTRIBUTED=1
 else
@@ -151,6 +181,7 @@ setsid nohup bash -c '
   shift 2
   "$@"
   rc=$?
+  echo "$rc" >"${2%/*}/exit-status"
   echo "# exited with status $rc at $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   exit "$rc"
 ' kdjax-launch "$VENV_DIR/bin/activate" "$RUN_STATE_DIR/pgid" "${CMD[@]}" >>"$log" 2>&1 </dev/null &
@@ -170,6 +201,7 @@ main() {
     load_last_launch
   fi
   ((${#CMD[@]} > 0)) || die "no command given (see --help)"
+  check_study_layout
   if [[ -z "$LAUNCH_ID" ]]; then
     LAUNCH_ID="$(date -u +%Y%m%d-%H%M%S)"
   fi

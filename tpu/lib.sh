@@ -188,7 +188,12 @@ worker_id() {
     hostname
 }
 group_alive() {
-  kill -0 -- "-$1" 2>/dev/null
+  # A member that is not a zombie (a killed process its parent has not reaped yet is gone).
+  local pg st
+  while read -r pg st; do
+    if [[ "$pg" == "$1" && "$st" != Z* ]]; then return 0; fi
+  done < <(ps -eo pgid=,stat=)
+  return 1
 }
 stop_group() {
   local pgid="$1" timeout="$2" signal="$3" waited=0

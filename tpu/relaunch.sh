@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# usage: tpu/relaunch.sh [--watch] [--interval SECONDS] [--no-setup]
+# usage: tpu/relaunch.sh [--watch [--once]] [--interval SECONDS] [--no-setup]
 #
 # Bring a study back after a preemption (or a lost VM): if the slice is gone, PREEMPTED,
 # SUSPENDED or FAILED, delete what is left and create it again (tpu/create.sh, honouring
@@ -9,8 +9,13 @@
 # `kdjax run` skips finished runs and continues the others from their last finished epoch.
 #
 #   --watch              keep watching: poll the slice's state every SECONDS and relaunch
-#                        whenever it has been preempted or has disappeared (runs until Ctrl-C;
-#                        start it under nohup/tmux/screen on a machine that stays up)
+#                        whenever it has been preempted or has disappeared, or when it is
+#                        READY but the launched command died there (no process left and no
+#                        exit status 0, e.g. killed by the OOM killer or a host reboot); stops
+#                        when the command exited 0 or was stopped with tpu/stop.sh (runs until
+#                        then or Ctrl-C; start it under nohup/tmux/screen on a machine that
+#                        stays up)
+#   --once               with --watch: one poll, then exit (for cron or a systemd timer)
 #   --interval SECONDS   poll interval for --watch (default: POLL_SECONDS, 30)
 #   --no-setup           skip tpu/setup.sh (the VM was not recreated and the code is in place)
 #   -h, --help           this text
@@ -23,6 +28,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 WATCH=0
+ONCE=0
 INTERVAL="$POLL_SECONDS"
 SETUP=1
 
@@ -31,6 +37,7 @@ parse_args() {
     case "$1" in
       -h | --help) usage_from_header "$0" ;;
       --watch) WATCH=1 ;;
+      --once) ONCE=1 ;;
       --interval)
         INTERVAL="${2:?--interval needs seconds}"
         shift
@@ -86,18 +93,70 @@ recover() {
   if [[ "$SETUP" == 1 ]]; then
     "$TPU_DIR/setup.sh" || return 1
   fi
+  # A study's driver needs the Ray cluster (idempotent: a running one is left alone).
+  if grep -qE 'kdjax(\.cli|\.sweep\.cli)? run ' "$LAST_LAUNCH_FILE"; then
+    "$TPU_DIR/ray-start.sh" || return 1
+  fi
   "$TPU_DIR/launch.sh" --last --replace || return 1
 }
 
+# On each launched worker: alive, exited <status>, stopped (tpu/stop.sh), dead or none.
+health_script() {
+  remote_exports RUN_STATE_DIR
+  printf '%s\n' "$REMOTE_FUNCTIONS"
+  cat <<'REMOTE'
+wid="$(worker_id)"
+pgid="$(cat "$RUN_STATE_DIR/pgid" 2>/dev/null || true)"
+if [[ -z "$pgid" ]]; then
+  echo "health worker $wid none"
+elif group_alive "$pgid"; then
+  echo "health worker $wid alive"
+elif [[ -f "$RUN_STATE_DIR/stopped" ]]; then
+  echo "health worker $wid stopped"
+elif [[ -s "$RUN_STATE_DIR/exit-status" ]]; then
+  echo "health worker $wid exited $(cat "$RUN_STATE_DIR/exit-status")"
+else
+  echo "health worker $wid dead"
+fi
+REMOTE
+}
+
+# The launched command on a READY slice, in one word: alive, finished (every worker exited 0
+# or was stopped), or dead (some worker's process is gone without a clean exit).
+launch_health() {
+  local worker=all out
+  # shellcheck source=/dev/null
+  worker="$(source "$LAST_LAUNCH_FILE" && echo "$LAST_WORKER")"
+  out="$(tpu_ssh "$worker" "$(health_script)")" || return 1
+  log "$(grep '^health ' <<<"$out" | cut -d' ' -f2- | paste -sd';' -)"
+  if grep -qE '^health worker [^ ]+ (dead|none|exited [1-9][0-9]*)$' <<<"$out"; then
+    echo dead
+  elif grep -q '^health worker [^ ]* alive$' <<<"$out"; then
+    echo alive
+  else
+    echo finished
+  fi
+}
+
 watch_loop() {
-  local state owed=0
+  local state health owed=0
   log "watching $(slice_label) every ${INTERVAL}s (Ctrl-C to stop)"
   while true; do
+    health=""
     if ! state="$(slice_state)"; then
       log "could not read the state; trying again in ${INTERVAL}s"
-    elif [[ "$owed" == 1 || ("$state" != READY && "$state" != PENDING) ]]; then
-      log "$(slice_label) is $state: relaunching"
-      SETUP=1
+    elif [[ "$owed" == 0 && "$state" == READY ]]; then
+      health="$(launch_health)" || health=""
+    fi
+    if [[ -n "$state" && ("$owed" == 1 || "$health" == dead ||
+      ("$state" != READY && "$state" != PENDING)) ]]; then
+      if [[ "$health" == dead ]]; then
+        log "$(slice_label) is READY but the launched command died: relaunching it"
+        SETUP=0
+      else
+        log "$(slice_label) is $state: relaunching"
+        SETUP=1
+      fi
       if recover; then
         owed=0
         log "relaunched; watching again"
@@ -105,6 +164,12 @@ watch_loop() {
         owed=1
         log "relaunch failed; trying again in ${INTERVAL}s"
       fi
+    elif [[ "$health" == finished ]]; then
+      log "the launched command finished (or was stopped); nothing left to watch"
+      return 0
+    fi
+    if [[ "$ONCE" == 1 ]]; then
+      return 0
     fi
     sleep "$INTERVAL"
   done

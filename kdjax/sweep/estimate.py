@@ -47,8 +47,16 @@ def _measured(ledger: Ledger | None) -> tuple[dict[str, int], dict[str, tuple[fl
     return sizes, {k: (s / ee, c) for k, (s, ee, c) in spent.items() if ee}
 
 
-def describe_plan(m: Manifest, workdir: str | Path) -> str:
-    """Run counts (per greedy stage: at most), logit caches and the estimated cost."""
+def describe_plan(
+    m: Manifest,
+    workdir: str | Path,
+    hardware: str | Path | None = None,
+    chips: int = 1,
+    examples: dict[str, int] | None = None,
+) -> str:
+    """Run counts (per greedy stage: at most), logit caches and the estimated cost; with
+    `hardware` (a benchmarks/accelerator.py results file) also the projected chip-hours.
+    `examples` gives training-set sizes (dataset name: rows) where they are not known."""
     planner = Planner(m, workdir)
     pairs, seeds = planner.pairs(), len(m.seeds)
     teachers = list(planner.teachers.values())
@@ -111,13 +119,28 @@ def describe_plan(m: Manifest, workdir: str | Path) -> str:
     finally:
         if ledger is not None:
             ledger.close()
+    sizes = {**sizes, **(examples or {})}
     if m.trainer is not None:
         lines.append(f"trainer: {m.trainer} (plug-in; kdjax loads no model and no data)")
         lines += _plugin_cost(ledger_path, total + len(teachers))
     else:
         lines += _cost(planner, teachers, per_dataset, sizes, rate)
+    if hardware is not None:
+        from kdjax.sweep.projection import Hardware, format_projection, project
+
+        known = {t.dataset: _train_size(planner, t, sizes) for t in teachers}
+        sizes = {k: v for k, v in known.items() if v is not None}
+        per_pair = None if m.search.strategy == "grid" else total // max(len(pairs), 1)
+        hw = Hardware.load(hardware)
+        lines += format_projection(project(m, workdir, hw, chips, sizes, per_pair))
     lines += [f"warning: {w}" for w in m.warnings()]
     return "\n".join(lines)
+
+
+def _train_size(planner: Planner, t: Run, sizes: dict[str, int]) -> int | None:
+    d = planner.datasets[t.dataset]
+    limit = d.data.get("limit", {}).get("train")
+    return sizes.get(d.name) or _min(limit, _file_examples(d.data))
 
 
 def _plugin_cost(ledger_path: Path, runs: int) -> list[str]:
@@ -145,8 +168,7 @@ def _cost(planner: Planner, teachers: list[Run], per_dataset, sizes, rate) -> li
     ee = {"teacher": 0, "student": 0}
     for t in teachers:
         d = planner.datasets[t.dataset]
-        limit = d.data.get("limit", {}).get("train")
-        n = sizes.get(d.name) or _min(limit, _file_examples(d.data))
+        n = _train_size(planner, t, sizes)
         if n is None:
             unknown.append(d.name)
             continue

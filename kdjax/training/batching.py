@@ -8,7 +8,14 @@ padding is masked out of attention, so trimming it does not change any real toke
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
 
 BUCKET = 16
 POOL = 16  # batches per length-sorted pool
@@ -45,3 +52,52 @@ def take(arrays: dict[str, np.ndarray], idx: np.ndarray, trim: bool) -> dict[str
         keep = bucket_length(out["attention_mask"].sum(1).max(), seq)
         out = {k: v[:, :keep] if v.ndim == 2 and v.shape[1] == seq else v for k, v in out.items()}
     return out
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_END = object()
+
+
+def prefetch(items: Iterable[T], ahead: int = 2) -> Iterator[T]:
+    """The items of `items`, in order, produced up to `ahead` in advance by a background
+    thread: with `items` a generator of placed batches (`put_batch`), the next batches are
+    gathered, padded and sent to the device while the current step runs. An exception in
+    the producer is raised here, at the item where it happened."""
+    slots: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer
+            put(_Failed(e))
+
+    thread = threading.Thread(target=produce, name="kdjax-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = slots.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -22,14 +22,23 @@ def predict_logits(
     order = np.argsort(-lengths, kind="stable") if trim else np.arange(len(split))
     size = padded_size(batch_size, mesh)
     out = []
-    for start in range(0, len(split), batch_size):
-        idx = order[start : start + batch_size]
-        logits = to_host(predict(params, put_batch(take(arrays, idx, trim), mesh, size)))
-        logits = logits[: len(idx)]
+
+    def fetch(logits, rows: int) -> None:
+        logits = to_host(logits)[:rows]
         if logits.ndim == 3 and logits.shape[1] < split.seq_len:  # [rows, seq, labels]
             pad = split.seq_len - logits.shape[1]
             logits = np.pad(logits, ((0, 0), (0, pad), (0, 0)))
         out.append(logits)
+
+    pending = None  # one batch in flight: the next is dispatched before this one is fetched
+    for start in range(0, len(split), batch_size):
+        idx = order[start : start + batch_size]
+        logits = predict(params, put_batch(take(arrays, idx, trim), mesh, size))
+        if pending is not None:
+            fetch(*pending)
+        pending = (logits, len(idx))
+    if pending is not None:
+        fetch(*pending)
     stacked = np.concatenate(out)
     result = np.empty_like(stacked)
     result[order] = stacked

@@ -45,7 +45,7 @@ from kdjax.losses.distances import get_distance
 from kdjax.models.config import EncoderConfig
 from kdjax.tasks import get_task
 from kdjax.training import loop
-from kdjax.training.batching import epoch_batches, take
+from kdjax.training.batching import epoch_batches, prefetch, take
 from kdjax.training.diagnostics import diagnostics
 from kdjax.training.evaluate import predict_logits
 from kdjax.training.mesh import data_sharded, make_mesh, param_sharding, put_batch
@@ -295,10 +295,16 @@ def train_group(cfgs: list[RunConfig], *, progress: bool = True) -> list[dict[st
     train_start = time.time()
     for epoch in range(first, tc.epochs + 1):
         rng = np.random.default_rng([tc.seed, epoch])  # the solo runs' batch order
-        for i, idx in enumerate(epoch_batches(lengths, tc.batch_size, rng, tc.group_by_length)):
-            rows = take(arrays, idx, tc.group_by_length)
-            rows["teacher_logits"] = _teacher_rows(train_logits, idx, rows["input_ids"].shape[1])
-            batch = put_batch(rows, mesh, tc.batch_size)
+        order = epoch_batches(lengths, tc.batch_size, rng, tc.group_by_length)
+
+        def placed(order=order):
+            for idx in order:
+                rows = take(arrays, idx, tc.group_by_length)
+                seq = rows["input_ids"].shape[1]
+                rows["teacher_logits"] = _teacher_rows(train_logits, idx, seq)
+                yield put_batch(rows, mesh, tc.batch_size)
+
+        for i, batch in enumerate(prefetch(placed())):  # next batches placed while this runs
             states, health, metrics = step_fn(states, health, batch, key, hp)
             step = (epoch - 1) * steps_per_epoch + i + 1
             if step % tc.log_every == 0 or i == steps_per_epoch - 1:

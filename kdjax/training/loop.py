@@ -34,7 +34,7 @@ from kdjax.models import from_pretrained, from_teacher_layers, random_student, s
 from kdjax.models.config import EncoderConfig
 from kdjax.models.hf import teacher_head_problem
 from kdjax.tasks import get_task
-from kdjax.training.batching import epoch_batches, take
+from kdjax.training.batching import epoch_batches, prefetch, take
 from kdjax.training.diagnostics import diagnostics
 from kdjax.training.evaluate import predict_logits
 from kdjax.training.mesh import (
@@ -231,12 +231,19 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     train_start = time.time()
     for epoch in range(host["epoch"] + 1, tc.epochs + 1):
         rng = np.random.default_rng([tc.seed, epoch])  # per epoch: resumable, same order
-        for i, idx in enumerate(epoch_batches(lengths, tc.batch_size, rng, tc.group_by_length)):
-            rows = take(arrays, idx, tc.group_by_length)
-            if cached is not None:  # per-token logits [rows, seq, C] follow the length trim
-                z = np.asarray(cached[idx])
-                rows["teacher_logits"] = z[:, : rows["input_ids"].shape[1]] if z.ndim == 3 else z
-            batch = put_batch(rows, mesh, tc.batch_size)
+        order = epoch_batches(lengths, tc.batch_size, rng, tc.group_by_length)
+
+        def placed(order=order):
+            for idx in order:
+                rows = take(arrays, idx, tc.group_by_length)
+                if cached is not None:  # per-token logits [rows, seq, C] follow the length trim
+                    z = np.asarray(cached[idx])
+                    seq = rows["input_ids"].shape[1]
+                    rows["teacher_logits"] = z[:, :seq] if z.ndim == 3 else z
+                yield put_batch(rows, mesh, tc.batch_size)
+
+        # The next batches go to the device while this step runs (a background thread).
+        for i, batch in enumerate(prefetch(placed())):
             state, metrics = step_fn(state, t_params, batch, key, hp)
             step = (epoch - 1) * steps_per_epoch + i + 1
             if step % tc.log_every == 0 or i == steps_per_epoch - 1:
