@@ -13,7 +13,7 @@ from sweep_helpers import manifest
 
 from kdjax.config import ConfigError
 from kdjax.sweep import Ledger, run_study
-from kdjax.sweep.ray_exec import RayExecutor, split_request, tpu_env
+from kdjax.sweep.ray_exec import RayExecutor, gpu_share_env, split_request, tpu_env
 
 TESTS = str(Path(__file__).parent)
 
@@ -149,6 +149,9 @@ def test_resource_requests_are_checked():
     assert env["TPU_VISIBLE_CHIPS"] == "4,5,6,7" and env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "2,2,1"
     assert env["TPU_PROCESS_BOUNDS"] == env["TPU_HOST_BOUNDS"] == "1,1,1"
     assert tpu_env(list(range(8)))["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "2,4,1"
+    # Half a GPU: JAX's preallocation capped at the share, so two runs fit on one GPU.
+    assert gpu_share_env(0.5) == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.475"}
+    assert gpu_share_env(1) == gpu_share_env(0) == {}
 
 
 def _nap(seconds: float) -> None:
