@@ -1,6 +1,7 @@
 """Data sources, the split policy and tokenization, on shipped fixtures and the offline corpus."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,49 @@ def test_tokenised_data_cache_is_built_once_per_content(tokenizer, tmp_path, mon
     assert len(calls) == 9 and len(list((tmp_path / "c").glob("*/manifest.json"))) == 2
     assert changed.rows_sha256["train"] != first.rows_sha256["train"]
     assert changed.rows_sha256["test"] == first.rows_sha256["test"]
+
+
+def _rows(cols) -> Counter:
+    return Counter(zip(*(cols[k] for k in sorted(cols)), strict=True))
+
+
+def _assert_partition(splits: dict, pool: Counter) -> None:
+    """train, validation and test are disjoint, non-empty and together exactly the pool."""
+    parts = [_rows(splits[s]) for s in ("train", "validation", "test")]
+    assert all(parts) and sum(parts, Counter()) == pool
+
+
+def test_splits_are_disjoint_and_together_the_pool(tmp_path, monkeypatch):
+    """For every way a source gives its splits (files: train only, or train + validation;
+    hub: the same two layouts; the offline wheel's one pool) the split policy partitions the
+    rows it was given."""
+    from kdjax.data import dataset, sources
+    from kdjax.tasks import get_task
+
+    task = get_task("classification")
+    rows = lambda tag, n: {"text": [f"{tag} {i}" for i in range(n)],
+                           "label": ["neg", "pos"] * (n // 2)}  # fmt: skip
+    given = {"train": rows("train", 40), "validation": rows("validation", 10)}
+    for split, cols in given.items():
+        lines = ["text,label", *(f"{t},{y}" for t, y in zip(*cols.values(), strict=True))]
+        (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
+
+    def fake_hub(name, config, split, *args, **kwargs):
+        if split not in hub:
+            raise sources.MissingSplit(split)
+        return hub[split]
+
+    monkeypatch.setattr(sources, "load_hub", fake_hub)
+    policy = {"validation": 0.2, "test": 0.25, "seed": 5}
+    for layout in (["train"], ["train", "validation"]):
+        pool = sum((_rows(given[s]) for s in layout), Counter())
+        files = {s: str(tmp_path / f"{s}.csv") for s in layout}
+        cfg = DataConfig(source="files", files=files, split=policy)
+        _assert_partition(dataset._raw_splits(cfg, task)[0], pool)
+        hub = {s: given[s] for s in layout}
+        cfg = DataConfig(source="hub", hub={"name": "x/y", "config": None}, split=policy)
+        _assert_partition(dataset._raw_splits(cfg, task)[0], pool)
+    cfg = DataConfig(source="rotten_tomatoes", split=policy)
+    splits = dataset._raw_splits(cfg, task)[0]
+    _assert_partition(splits, _rows(load_rotten_tomatoes()))
+    assert len(splits["test"]["text"]) == round(12808 * 0.25)

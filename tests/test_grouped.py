@@ -130,6 +130,36 @@ def test_a_diverging_member_fails_alone(sentiment):
         train_group([cfg("x0", *MEMBERS[0]), cfg("x1", *BLOWUP, max_grad_norm=None)])
 
 
+def test_group_killed_between_members_saves_resumes_to_the_uninterrupted_result(
+    sentiment, monkeypatch
+):
+    """Killed after the first member saved its epoch and before the second did, the group
+    started again ends where the uninterrupted group (the fixture's) ended, member by member."""
+    from kdjax.training import run_dir
+
+    root, cfg, _, group = sentiment
+    members = [cfg(f"killed{k}", *m) for k, m in enumerate([*MEMBERS, BLOWUP])]
+    real, saved = run_dir.RunDir.save_last, []
+
+    def save_then_die(self, epoch, state, host):
+        if saved:
+            raise KeyboardInterrupt("killed between two members' saves")
+        real(self, epoch, state, host)
+        saved.append(self.dir.name)
+
+    monkeypatch.setattr(run_dir.RunDir, "save_last", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_group(members, progress=False)
+    last = root / "killed1" / "checkpoints" / "last"
+    assert saved == ["killed0"] and not any(p.name.isdigit() for p in last.glob("*"))
+    monkeypatch.setattr(run_dir.RunDir, "save_last", real)
+    again = train_group(members, progress=False)
+    for k in range(len(MEMBERS)):
+        reference = {key: v for key, v in group[k].items() if key != "group"}
+        _same_run(again[k], reference, root / f"killed{k}", root / f"group{k}")
+    assert again[len(MEMBERS)]["failed"]
+
+
 def test_grouped_ner_equals_solo_runs(tmp_path):
     # Two epochs (each member picks its own hs/ll epoch) and a warmup of 3 of the 6 steps.
     _, solo, group = _trained(

@@ -19,7 +19,9 @@ from safetensors.numpy import load_file
 _JOB = """
 import logging, sys
 logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+from kdjax.cli import enable_compile_cache
 from kdjax.distributed import initialize
+enable_compile_cache()
 initialize()
 from kdjax.config import load_config
 from kdjax.training import train

@@ -1,14 +1,18 @@
-"""The 13 dataset presets: they load, list, and each distils end to end on a fixture shaped like
-it (its columns, its label set, its task) with tiny models: two train steps and an evaluation."""
+"""The 13 dataset presets: they load, list, and each reads and tokenises a fixture shaped like it
+(its columns, its label set, its task); the first preset of each task family also distils end to
+end on its fixture with tiny models (two train steps and an evaluation) — one smoke run per
+family keeps the suite's time for tests that can fail in other ways."""
 
 import json
 import random
 from collections import Counter
 
 import pytest
+from transformers import AutoTokenizer
 
 from kdjax.cli import main
 from kdjax.config import ConfigError, parse_config
+from kdjax.data import build_dataset
 from kdjax.models import random_student, save_pretrained
 from kdjax.models.config import EncoderConfig
 from kdjax.presets import dataset_presets
@@ -155,8 +159,15 @@ def _fixture(p, tmp_path):
     return {s: _write_squad(tmp_path / f"{s}.json", rng, n, s) for s, n in sizes.items()}
 
 
+def _one_per_task() -> set[str]:
+    first: dict[str, str] = {}
+    for name, p in sorted(dataset_presets().items()):
+        first.setdefault(p.task, name)
+    return set(first.values())
+
+
 @pytest.mark.parametrize("name", sorted(dataset_presets()))
-def test_preset_distils_on_a_fixture(name, tmp_path):
+def test_preset_distils_on_a_fixture(name, tmp_path, minilm_path):
     p = dataset_presets()[name]
     files = _fixture(p, tmp_path)
     base = EncoderConfig(vocab_size=30522, max_position_embeddings=64)
@@ -192,6 +203,12 @@ def test_preset_distils_on_a_fixture(name, tmp_path):
         }
     )
     assert cfg.task == p.task
+    if name not in _one_per_task():  # the data path only: columns, labels, tokenisation
+        tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+        ds = build_dataset(cfg.data, tokenizer, cfg.task, seed=cfg.data.split.seed)
+        assert ds.info["examples"] == {"train": 8, "validation": 4, "test": 4}
+        assert all(len(enc) >= 4 for enc in ds.splits.values())
+        return
     result = train(cfg, progress=False)
     assert result["steps"] >= 2 and result["metric"] == p.metric
     for split in ("validation", "test"):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fixtures import require
 from transformers import AutoTokenizer
 
 from kdjax.config import DataConfig
@@ -282,7 +283,7 @@ def test_evaluate_constructed_prediction(val):
     assert 2 * tp / (n_pred + n_gold) == pytest.approx(m["f1"])
     right = [int(t == p) for t, p in zip(gold, pred, strict=True)]  # no damage: all entities right
     assert all(v >= r for v, r in zip(out["values"], right, strict=True))
-    seqeval = pytest.importorskip("seqeval.metrics")
+    seqeval = require("seqeval.metrics", "seqeval")
     assert m["f1"] == seqeval.f1_score(gold, pred)
     flat_gold = [t for tags in gold for t in tags]
     flat_pred = [t for tags in pred for t in tags]

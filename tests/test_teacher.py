@@ -6,12 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures import CONLL_LABELS, SENTIMENT, tiny_model
+from flax import nnx
 from safetensors.numpy import load_file
 
 from kdjax.config import parse_config
 from kdjax.models import random_student, save_pretrained
 from kdjax.models.config import EncoderConfig
-from kdjax.training import train
+from kdjax.training import grouped, loop, train, train_group
+from kdjax.training.run_dir import RunDir
 
 DATA = Path(__file__).parent / "data"
 TINY = tiny_model()
@@ -163,16 +165,64 @@ def test_missing_teacher_checkpoint_fails_before_compute(tmp_path):
         train(plain, progress=False)
 
 
-@pytest.mark.parametrize("task", ["token_classification", "extractive_qa"])
-def test_cached_per_token_logits_follow_length_trimming(tmp_path, task):
-    """With group_by_length (the default) batches are cut to length buckets; the cached
-    per-position teacher logits must be cut with them."""
-    cfg = _cfg(tmp_path, task, "trimmed")
-    cfg = parse_config(
-        {
-            **cfg.model_dump(mode="json"),
-            "train": {**cfg.train.model_dump(), "group_by_length": True},
-        }
+def _teacher_run(root: Path, task: str, labels) -> tuple[str, dict]:
+    """A teacher run directory whose hs and ll checkpoints hold different (random) params, and
+    those two models."""
+    base = EncoderConfig(vocab_size=30522, max_position_embeddings=64)
+    make = lambda seed: random_student(
+        task, base=base, layers=1, hidden=32, heads=2, intermediate=64, labels=labels, seed=seed
     )
-    result = train(cfg, progress=False)
-    assert result["steps"] >= 2 and np.isfinite(result["test"]["loss"])
+    models = {"hs": make(7), "ll": make(8)}
+    run = RunDir(root / "teacher", {"task": task})
+    save_pretrained(models["hs"], run.dir / "model")
+    for epoch, which in enumerate(("hs", "ll"), 1):
+        run.save_params(which, epoch, nnx.split(models[which])[1])
+    run.close({})
+    return str(run.dir), models
+
+
+def _spy_batches(monkeypatch, module) -> list[dict]:
+    """Every train batch `module` places on the mesh (before row padding), as numpy."""
+    seen, real = [], module.put_batch
+
+    def spy(rows, mesh, size):
+        seen.append({k: np.array(v) for k, v in rows.items()})
+        return real(rows, mesh, size)
+
+    monkeypatch.setattr(module, "put_batch", spy)
+    return seen
+
+
+@pytest.mark.parametrize("task", ["token_classification", "extractive_qa"])
+def test_cached_per_token_logits_are_the_teachers_on_each_trimmed_batch(
+    tmp_path, monkeypatch, task
+):
+    """With group_by_length (the default) batches are cut to length buckets; the cached
+    per-position teacher logits each batch carries must be the chosen checkpoint's own
+    predictions on exactly those rows and positions, solo and grouped (hs and ll stacked)."""
+    teacher, models = _teacher_run(tmp_path, task, TASKS[task][1])
+    base = _cfg(tmp_path, task, "x").model_dump(mode="json")
+    cfg = lambda name, ckpt: parse_config({
+        **base, "teacher": teacher, "teacher_checkpoint": ckpt, "output_dir": str(tmp_path / name),
+        "train": {**base["train"], "group_by_length": True},
+    })  # fmt: skip
+    solo = _spy_batches(monkeypatch, loop)
+    train(cfg("solo", "ll"), progress=False)
+    group = []
+    if task == "token_classification":  # the same trimming code serves both tasks
+        group = _spy_batches(monkeypatch, grouped)
+        train_group([cfg("g0", "hs"), cfg("g1", "ll")], progress=False)
+
+    def check(rows: dict, logits: np.ndarray, which: str) -> None:
+        want = models[which](rows["input_ids"], rows["attention_mask"], rows["token_type_ids"])
+        real = rows["attention_mask"].astype(bool)
+        assert logits.shape == np.shape(want)
+        np.testing.assert_allclose(logits[real], np.asarray(want)[real], atol=2e-5, rtol=1e-4)
+
+    assert len(solo) >= 2 and len(group) in (0, len(solo))
+    assert min(r["input_ids"].shape[1] for r in solo) < 48  # some batches were trimmed
+    for rows in solo:
+        check(rows, rows["teacher_logits"], "ll")
+    for rows in group:  # [rows, checkpoints (sorted: hs, ll), seq, C]
+        for k, which in enumerate(("hs", "ll")):
+            check(rows, rows["teacher_logits"][:, k], which)

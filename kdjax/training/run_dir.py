@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("hs", "ll")
 OUTCOMES_FILE = "test_outcomes.json"  # per-example test outcomes: {"ids": [...], "values": [...]}
+# What a run writes into its directory (besides config.yaml).
+OUTPUTS = ("checkpoints", "metrics.jsonl", "result.json", "model", OUTCOMES_FILE)
 
 
 def _manager(path: Path) -> ocp.CheckpointManager:
@@ -62,9 +64,15 @@ class RunDir:
         self.main = is_main()  # only process 0 writes files; Orbax coordinates checkpoints
         saved = self.dir / "config.yaml"
         same = saved.is_file() and yaml.safe_load(saved.read_text()) == config
-        if self.main and self.dir.exists() and not same and (self.dir / "checkpoints").exists():
+        if self.main and not same and (saved.is_file() or (self.dir / "checkpoints").exists()):
+            # Nothing of the other run may leak into this one: no resume, no mixed metrics log.
             log.warning("%s holds a run with another config; starting over", self.dir)
-            shutil.rmtree(self.dir / "checkpoints")
+            for name in OUTPUTS:
+                path = self.dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
         sync("kdjax-run-dir")
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
