@@ -335,7 +335,19 @@ def grouped(bench: Bench, k: int, dtype: str, sz: Sizes) -> dict[str, Any]:
     return {"examples_per_s_total": total, "examples_per_s_per_member": round(total / k, 2), **row}
 
 
-def teacher_pass(bench: Bench, seq: int, dtype: str, sz: Sizes) -> dict[str, Any]:
+def teacher_pass(bench: Bench, seq: int, dtype: str, sz: Sizes, attention=None) -> dict[str, Any]:
+    """The teacher's eval pass; `attention` sets `jax.nn.dot_product_attention`'s
+    implementation for it (None: JAX's choice)."""
+    from kdjax.models import encoder
+
+    saved, encoder.ATTENTION = encoder.ATTENTION, attention
+    try:
+        return _teacher_pass(bench, seq, dtype, sz)
+    finally:
+        encoder.ATTENTION = saved
+
+
+def _teacher_pass(bench: Bench, seq: int, dtype: str, sz: Sizes) -> dict[str, Any]:
     from kdjax.training.step import make_predict
 
     graphdef, params = _model(sz.teacher, sz.vocab, "classification")
@@ -486,6 +498,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     seq=seq,
                     dtype=dtype,
                 )
+        if bench.platform == "gpu" and not args.assume_mfu:  # cuDNN's fused attention kernel
+            seq = next(iter(sz.teacher_seqs))
+            bench.case(
+                "teacher_pass",
+                lambda: teacher_pass(bench, seq, "bfloat16", sz, attention="cudnn"),
+                model="L24/H1024",
+                batch=sz.teacher_batch,
+                seq=seq,
+                dtype="bfloat16",
+                attention="cudnn",
+            )
         if not args.tiny:  # part a's code at the teacher's size (--tiny runs it in part a)
             seq = next(iter(sz.seqs))
             for dtype in ("bfloat16", "float32"):
