@@ -515,8 +515,8 @@ def run_study(
     resolved = {"root": str(m.root), **m.model_dump(mode="json")}
     (workdir / "manifest.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     planner = Planner(m, workdir)
-    if executor is None and address:
-        executor = "ray"  # an address only means something to Ray
+    if executor is None and (address or resources is not None):
+        executor = "ray"  # an address or a per-task request only means something to Ray
     if run_fn is None and m.trainer is not None:
         from kdjax.sweep.plugin import PluginTrainer
 
