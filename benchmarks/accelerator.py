@@ -152,8 +152,14 @@ class Bench:
         return float(f"{flops / step_s / (self.peak * 1e12):.4g}")
 
 
-def _flops(compiled) -> float | None:
-    cost = compiled.cost_analysis()
+def _flops(make_jitted, *args) -> float | None:
+    """Model FLOPs of one call: XLA's cost analysis of the lowered program with every layer
+    unrolled (a scanned layer's FLOPs would be counted once, not once per layer).
+    `make_jitted()` builds a fresh jitted function, so it is traced again unrolled."""
+    from kdjax.models.encoder import layers_unrolled
+
+    with layers_unrolled():
+        cost = make_jitted().lower(*args).cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     return float(cost["flops"]) if cost and cost.get("flops") else None
 
@@ -173,10 +179,9 @@ def _timed(call, seconds: float, min_steps: int = 3) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def _measure(bench: Bench, compiled, call, examples: int, compile_s: float) -> dict[str, Any]:
+def _measure(bench: Bench, flops, call, examples: int, compile_s: float) -> dict[str, Any]:
     """Time `call` (one step of `compiled`, processing `examples`); with --assume-mfu, only
     derive the step time from the program's FLOPs at that MFU of the peak (nothing runs)."""
-    flops = _flops(compiled)
     if bench.assume_mfu:
         if not flops or not bench.peak:
             raise ValueError("--assume-mfu needs the program's FLOPs and a peak (--peak-tflops)")
@@ -262,7 +267,10 @@ def student_step(bench: Bench, arch, seq: int, dtype: str, sz: Sizes) -> dict[st
     graphdef, params = _model(arch, sz.vocab, task)
     tx, _ = make_optimizer(TrainConfig(learning_rate=1e-4), 10_000)
     kd = KDConfig(distance="ce", alpha=0.5, tau_t=2.0)
-    step = make_train_step(graphdef, tx, objective(task, kd), compute_dtype=jnp.dtype(dtype))
+    make = lambda: make_train_step(
+        graphdef, tx, objective(task, kd), compute_dtype=jnp.dtype(dtype)
+    )
+    step = make()
     state = init_state(params, tx)
     batch = jax.device_put(_batch(task, sz.batch, seq, sz.vocab))
     key, hp = jax.random.key(0), kd_hparams(kd)
@@ -275,7 +283,8 @@ def student_step(bench: Bench, arch, seq: int, dtype: str, sz: Sizes) -> dict[st
         holder[0], metrics = compiled(holder[0], None, batch, key, hp)
         return metrics["loss"]
 
-    return {"task": task, **_measure(bench, compiled, call, sz.batch, compile_s)}
+    flops = _flops(make, state, None, batch, key, hp)
+    return {"task": task, **_measure(bench, flops, call, sz.batch, compile_s)}
 
 
 def grouped(bench: Bench, k: int, dtype: str, sz: Sizes) -> dict[str, Any]:
@@ -296,7 +305,8 @@ def grouped(bench: Bench, k: int, dtype: str, sz: Sizes) -> dict[str, Any]:
     states = _stack([state] * k, sharding)
     del state
     loss_fn = _member_loss("classification", False, ["ce", "mse"])
-    step = make_group_step(graphdef, tc, 10_000, loss_fn, sharding, data_sharded(mesh))
+    make = lambda: make_group_step(graphdef, tc, 10_000, loss_fn, sharding, data_sharded(mesh))
+    step = make()
     f32 = lambda v: np.full(k, v, np.float32)
     hp = {
         "alpha": f32(0.5),
@@ -319,7 +329,8 @@ def grouped(bench: Bench, k: int, dtype: str, sz: Sizes) -> dict[str, Any]:
         holder[0], holder[1], metrics = compiled(holder[0], holder[1], batch, key, hp)
         return metrics["loss"]
 
-    row = _measure(bench, compiled, call, sz.batch * k, compile_s)
+    flops = _flops(make, states, health, batch, key, hp)
+    row = _measure(bench, flops, call, sz.batch * k, compile_s)
     total = row.pop("examples_per_s")
     return {"examples_per_s_total": total, "examples_per_s_per_member": round(total / k, 2), **row}
 
@@ -328,13 +339,15 @@ def teacher_pass(bench: Bench, seq: int, dtype: str, sz: Sizes) -> dict[str, Any
     from kdjax.training.step import make_predict
 
     graphdef, params = _model(sz.teacher, sz.vocab, "classification")
-    predict = make_predict(graphdef, jnp.dtype(dtype))
+    make = lambda: make_predict(graphdef, jnp.dtype(dtype))
+    predict = make()
     rows = _batch("classification", sz.teacher_batch, seq, sz.vocab)
     batch = jax.device_put({k: v for k, v in rows.items() if k != "teacher_logits"})
     t0 = time.perf_counter()
     compiled = predict.lower(params, batch).compile()
     compile_s = time.perf_counter() - t0
-    return _measure(bench, compiled, lambda: compiled(params, batch), sz.teacher_batch, compile_s)
+    flops = _flops(make, params, batch)
+    return _measure(bench, flops, lambda: compiled(params, batch), sz.teacher_batch, compile_s)
 
 
 def torch_step(bench: Bench, arch, seq: int, dtype: str, sz: Sizes, device: str):

@@ -196,6 +196,18 @@ class RunConfig(Frozen):
     mesh: MeshConfig = MeshConfig()
     output_dir: str
 
+    @field_validator("output_dir", "cache_dir")
+    @classmethod
+    def _local_path(cls, v: str | None) -> str | None:
+        # pathlib would turn gs://bucket/x into a local folder gs:/bucket/x; run folders are
+        # written with local file APIs (appended logs, file locks of the logit cache).
+        if v is not None and "://" in v:
+            raise ValueError(
+                f"{v!r}: object storage is not supported here yet; mount the bucket with gcsfuse "
+                "(tpu/worker-setup.sh: GCS_BUCKET) and give the mount path"
+            )
+        return v
+
     @model_validator(mode="after")
     def _kd_needs_teacher(self) -> RunConfig:
         if self.kd is not None and self.kd.alpha > 0 and self.teacher is None:

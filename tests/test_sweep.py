@@ -86,7 +86,7 @@ def test_includes_merge_and_conflicts_name_both_files(tmp_path):
     assert str(tmp_path / "axes.yaml") in msg and str(tmp_path / "main.yaml") in msg
 
 
-@pytest.mark.parametrize("name, pairs", [("smoke", 1), ("demo", 3), ("paper", 39)])
+@pytest.mark.parametrize("name, pairs", [("smoke", 1), ("demo", 2), ("paper", 39)])
 def test_shipped_manifests_validate_and_plan(name, pairs, tmp_path):
     m = load_manifest(ROOT / "experiments" / f"{name}.yaml")
     planner = Planner(m, tmp_path)
@@ -265,10 +265,10 @@ def test_plan_command_prints_counts(tmp_path, capsys):
     assert sweep_main(["plan", str(path), "--workdir", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
     assert "teacher runs: 1" in out and "logit caches: 1" in out
-    assert "1:distance   2" in out and "sensitivity  4" in out and "transfer     8" in out
-    assert "student runs: at most 20" in out
+    assert "1:distance   2" in out and "sensitivity  2" in out and "transfer     8" in out
+    assert "student runs: at most 18" in out
     assert "grouped training: off (executor.group_size 1)" in out
-    assert "48 teacher + 960 student example-epochs" in out
+    assert "48 teacher + 864 student example-epochs" in out
     assert "warning: axes.distance: ce and kl train identically" in out
     assert sweep_main(["plan", str(tmp_path / "missing.yaml")]) == 2
 

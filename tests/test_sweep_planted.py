@@ -18,6 +18,7 @@ from kdjax.sweep.simulate import (
     option_key,
     parse_effects,
     plant,
+    summarize,
     truths,
 )
 
@@ -160,3 +161,38 @@ def test_noise_read_back_from_a_finished_ledger(tmp_path):
     got = noise_from_ledger(tmp_path / "w")
     assert got.test_n == 1500 and got.rho == pytest.approx(0.6, abs=0.1)
     assert 0.5 < got.seed_sd < 1.6  # 30 degrees of freedom: about ±15%, less the binomial part
+
+
+def test_summary_scores_each_study_against_the_best_it_chose():
+    import pandas as pd
+
+    truth = {("alpha", 0.5): 0.0, ("alpha", 1.0): -2.0}
+    best = "best option (chosen on validation)"
+    rows = [  # study 0 chose right; study 1 chose alpha 1, so alpha 0.5 shows +2
+        ("alpha", "0.5", 0.0, 0.0, 0.0, None, best, 0),
+        ("alpha", "1", -1.8, -2.5, -1.1, 0.01, "worse by 1.8 pt", 0),
+        ("alpha", "0.5", 2.4, 1.0, 2.6, 0.2, "no detectable difference", 1),
+        ("alpha", "1", 0.0, 0.0, 0.0, None, best, 1),
+    ]
+    cols = ["axis", "option", "effect", "ci_low", "ci_high", "p_value", "verdict", "repeat"]
+    out = summarize(pd.DataFrame(rows, columns=cols), truth).set_index("option")
+    assert out.loc["1", "detected"] == 0.5 and out.loc["1", "chosen_best"] == 0.5
+    assert out.loc["1", "bias"] == pytest.approx((0.2 + 0.0) / 2)  # -1.8 vs -2; 0 vs 0
+    assert out.loc["0.5", "bias"] == pytest.approx((0.0 + 0.4) / 2)  # 0 vs 0; 2.4 vs 2
+    assert out.loc["0.5", "coverage"] == 1.0 and out.loc["1", "coverage"] == 1.0
+
+
+def test_the_shipped_demo_design_runs_planted(tmp_path):
+    # The demo's whole design (pairs, seeds, grid, baselines) through the engine in seconds.
+    from pathlib import Path
+
+    from kdjax.sweep.simulate import simulate
+
+    demo = Path(__file__).resolve().parent.parent / "experiments" / "demo.yaml"
+    spec = parse_effects({"effects": {"alpha": {1.0: -3.0}}, "base": 0.72})
+    out = simulate(demo, spec, Noise(seed_sd=1.0, test_n=2000, rho=0.85), 1, n_boot=200,
+                   keep=tmp_path)  # fmt: skip
+    row = out.set_index("option").loc["1"]
+    assert row["truth"] == -3.0 and row["detected"] == 1.0 and abs(row["bias"]) < 1.5
+    with Ledger(tmp_path / "study000" / "ledger.sqlite") as ledger:
+        assert len(ledger.rows(status="done")) == 1 + 18  # the teacher and 18 student runs

@@ -143,6 +143,23 @@ def test_fs_type_reads_the_mount_table(tmp_path):
         storage.check_workdir("gs://b/study")
 
 
+def test_object_storage_paths_are_refused_not_made_local_folders(tmp_path, monkeypatch):
+    from pydantic import ValidationError
+
+    from kdjax.config import RunConfig
+    from kdjax.sweep import Planner, load_manifest
+
+    monkeypatch.chdir(tmp_path)
+    run = next(iter(Planner(load_manifest(manifest(tmp_path)), tmp_path / "w").teachers.values()))
+    for field in ("output_dir", "cache_dir"):
+        bad = {**run.config.model_dump(mode="json"), field: "gs://bucket/x"}
+        with pytest.raises(ValidationError, match="object storage is not supported here yet"):
+            RunConfig.model_validate(bad)
+    with pytest.raises(ValueError, match="mount the bucket with gcsfuse"):
+        run_study(manifest(tmp_path), "gs://bucket/study", LocalExecutor(fake.planted))
+    assert not (tmp_path / "gs:").exists()
+
+
 def test_network_workdir_keeps_the_ledger_local_and_publishes_it(tmp_path, monkeypatch, capsys):
     work = tmp_path / "shared" / "w"
     monkeypatch.setenv("KDJAX_LEDGER_DIR", str(tmp_path / "local"))

@@ -8,6 +8,7 @@ inside the model: the forward pass is then a pure function of (params, inputs, k
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import jax
@@ -37,6 +38,19 @@ ATTENTION: str | None = None
 # benchmarks/scan_compile.py), and it is compiled once per length bucket. Shallower encoders
 # (the students, MiniLM) stay unrolled, which lets XLA optimise across layers.
 SCAN_MIN_LAYERS = 12
+
+
+@contextlib.contextmanager
+def layers_unrolled():
+    """Within it, programs traced run every encoder's layers unrolled. XLA's cost analysis of a
+    partitioned program counts a scanned layer's FLOPs once, not once per layer, so FLOP
+    counts (compile-check, MFU) are taken from a lowering of the unrolled program."""
+    global SCAN_MIN_LAYERS
+    saved, SCAN_MIN_LAYERS = SCAN_MIN_LAYERS, 1 << 30
+    try:
+        yield
+    finally:
+        SCAN_MIN_LAYERS = saved
 
 
 class DropoutKeys:

@@ -104,6 +104,12 @@ class _Sweep:
         self.publish: Callable[..., bool] = lambda force=False: False
         self._same: list[str] = []  # runs after the last printed failure that failed the same way
         self._last: str | None = None
+        # Cached teacher logits: the first run of each (dataset, teacher checkpoint) builds the
+        # cache alone; the others wait for it instead of blocking their slots on its file lock.
+        self.cached = False
+        self.warm: set[tuple[str, str]] = set()
+        self.builders: dict[str, tuple[str, str]] = {}  # builder run id -> its cache key
+        self.held: dict[tuple[str, str], list[Run]] = {}
 
     def _bar(self, done: int = 0, failed: int = 0, quiet: bool = False) -> None:
         self.done += done
@@ -155,17 +161,57 @@ class _Sweep:
                 todo.append(r)
         if todo:
             self.attempted.update(r.run_id for r in todo)
-            for t in plan_tasks(todo, self.group_size, self._budget):
-                self.executor.submit(t, self.ledger.mark_running)
             ids = {r.run_id for r in todo}
             self.inflight |= ids
             wait |= ids
+            self._dispatch(todo)
         return wait
+
+    def warm_up(self, ledger: Ledger, cached: bool) -> None:
+        """Turn on the one-builder-per-logit-cache rule (teacher_mode cached, every run its own
+        task: a group shares one copy of the logits, built once in its own process); caches
+        that a finished run already built are warm."""
+        self.cached = cached and self.group_size <= 1
+        done = ledger.rows(status="done", kind=["distill", "baseline"])
+        self.warm = {(r["dataset"], r["teacher_checkpoint"]) for r in done}
+
+    def _cache_key(self, r: Run) -> tuple[str, str] | None:
+        if not (self.cached and r.teacher_run):
+            return None
+        key = (r.dataset, r.config.teacher_checkpoint)
+        return None if key in self.warm else key
+
+    def _dispatch(self, runs: list[Run]) -> None:
+        """Hand runs to the executor, holding back those whose logit cache another run builds."""
+        ready: list[Run] = []
+        for r in runs:
+            key = self._cache_key(r)
+            if key is None:
+                ready.append(r)
+            elif key in self.held:  # its builder is in flight
+                self.held[key].append(r)
+            else:
+                self.held[key] = []
+                self.builders[r.run_id] = key
+                self.executor.submit(plan_tasks([r], 1, self._budget)[0], self.ledger.mark_running)
+        for t in plan_tasks(ready, self.group_size, self._budget):
+            self.executor.submit(t, self.ledger.mark_running)
+
+    def _release(self, run_id: str, ok: bool) -> None:
+        """A cache builder settled: done, its waiting runs go now; failed, the next of them
+        builds the cache."""
+        key = self.builders.pop(run_id, None)
+        if key is None:
+            return
+        if ok:
+            self.warm.add(key)
+        self._dispatch(self.held.pop(key))
 
     def pump(self) -> set[str]:
         """Record the next outcomes the executor hands back; returns the settled run ids."""
         settled = set()
-        for out in self.executor.wait():
+        outcomes = self.executor.wait()
+        for out in outcomes:
             settled.add(out.run_id)
             self.inflight.discard(out.run_id)
             if out.ok:
@@ -181,6 +227,8 @@ class _Sweep:
                 self.bar.write(f"run {out.run_id} failed: {head}")
                 self._same, self._last = [], head
             self._bar(failed=1)
+        for out in outcomes:
+            self._release(out.run_id, out.ok)
         if not self.inflight:
             self._same_way()
             self._last = None
@@ -467,8 +515,8 @@ def run_study(
     resolved = {"root": str(m.root), **m.model_dump(mode="json")}
     (workdir / "manifest.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     planner = Planner(m, workdir)
-    if executor is None and address:
-        executor = "ray"  # an address only means something to Ray
+    if executor is None and (address or resources is not None):
+        executor = "ray"  # an address or a per-task request only means something to Ray
     if run_fn is None and m.trainer is not None:
         from kdjax.sweep.plugin import PluginTrainer
 
@@ -490,6 +538,7 @@ def run_study(
         size = 1 if m.trainer else group_size or m.executor.group_size
         sweep = _Sweep(ledger, executor, retry_failed, progress, size, m.executor.group_memory_gb)
         sweep.publish = lambda force=False: place.publish(ledger.db, force)
+        sweep.warm_up(ledger, m.teacher_mode == "cached")
         try:
             executor.prepare(str(workdir))
             teachers = list(planner.teachers.values())

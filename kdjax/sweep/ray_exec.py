@@ -107,8 +107,25 @@ def claim_chips() -> dict[str, str]:
     return env
 
 
-def _ray_task(fn: Callable[[Any], Any], payload: Any, marker: str | None) -> Any:
+def gpu_share_env(share: float) -> dict[str, str]:
+    """For a task holding a fraction of a GPU: JAX preallocates 75% of a GPU's memory in each
+    process (https://docs.jax.dev/en/latest/gpu_memory_allocation.html), so two processes on
+    one GPU would run out; XLA_PYTHON_CLIENT_MEM_FRACTION caps each at its share."""
+    if not 0 < share < 1:
+        return {}
+    return {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{0.95 * share:.3f}"}
+
+
+def _claim(gpu_share: float) -> None:
     claim_chips()
+    for k, v in gpu_share_env(gpu_share).items():
+        os.environ.setdefault(k, v)
+
+
+def _ray_task(
+    fn: Callable[[Any], Any], payload: Any, marker: str | None, gpu_share: float = 0
+) -> Any:
+    _claim(gpu_share)
     # Each execution (a retry after a worker died included) leaves a line in the marker, so
     # the driver can record how many attempts a run took.
     if marker:
@@ -121,8 +138,8 @@ def _ray_task(fn: Callable[[Any], Any], payload: Any, marker: str | None) -> Any
     return fn(payload)
 
 
-def _probe_memory() -> int:
-    claim_chips()
+def _probe_memory(gpu_share: float = 0) -> int:
+    _claim(gpu_share)
     from kdjax.sweep.executors import device_memory
 
     return device_memory()
@@ -222,6 +239,12 @@ class RayExecutor(Executor):
         return ray
 
     def prepare(self, workdir: str) -> None:
+        # The driver never touches an accelerator: on a TPU host libtpu would take every chip
+        # of the host (and, on a multi-host slice, wait for the other hosts). Set in this
+        # process only, so that workers started by a local Ray keep their devices.
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")
         ray = self._connect()
         nodes = check_feasible(self.request, ray.nodes())
         if self.check_storage:
@@ -260,7 +283,7 @@ class RayExecutor(Executor):
         ray = self._connect()
         opts = {k: v for k, v in self.options.items() if k != "retry_exceptions"}
         probe = self._remote_fn(ray, _probe_memory).options(**opts)
-        return int(ray.get(probe.remote(), timeout=600))
+        return int(ray.get(probe.remote(self.options["num_gpus"]), timeout=600))
 
     def _remote_fn(self, ray, fn):
         return ray.remote(max_calls=1)(fn) if self.fresh else ray.remote(fn)
@@ -273,7 +296,8 @@ class RayExecutor(Executor):
         marker = str(Path(first.output_dir) / f".attempt-{uuid.uuid4().hex[:12]}")
         for m in members(t):
             on_start(m.run_id)
-        self._pending[self._remote.remote(*self.call(t), marker)] = (t, marker)
+        ref = self._remote.remote(*self.call(t), marker, self.options["num_gpus"])
+        self._pending[ref] = (t, marker)
 
     @property
     def busy(self) -> int:

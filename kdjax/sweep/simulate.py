@@ -284,27 +284,37 @@ def simulate(
 
 
 def summarize(found: Any, truth: dict[tuple[str, Any], float], alpha: float = 0.05) -> Any:
-    """Per (axis, option): truth, mean estimate, bias, power and coverage over the repeats
-    (`found`: effects frames with a `repeat` column)."""
+    """Per (axis, option) over the repeats (`found`: effects frames with a `repeat` column):
+    the truth (vs the axis's truly best option), the mean estimate, its bias and the
+    interval's coverage (both against the truth vs the option each study chose as best, the
+    contrast it estimates), power (P[p < alpha]) and how often it was chosen best."""
     import pandas as pd
 
+    found = found.assign(key=found["option"].map(option_key))
+    best = found[found["verdict"].str.startswith("best option")]
+    chosen = {(r.repeat, r.axis): r.key for r in best.itertuples()}
     out = []
     for (axis, option), t in truth.items():
-        sel = found[(found["axis"] == axis) & (found["option"].map(option_key) == option)]
-        est = sel["effect"].dropna()
-        is_best = sel["verdict"].str.startswith("best option")
-        ci = sel[~is_best].dropna(subset=["ci_low", "ci_high"])  # the best's is [0, 0]
-        best = is_best.mean() if len(sel) else np.nan
+        sel = found[(found["axis"] == axis) & (found["key"] == option)]
+        # The estimand of each study: this option against the option it chose as best.
+        target = np.array(
+            [t - truth.get((axis, chosen.get((r, axis))), 0.0) for r in sel["repeat"]]
+        )
+        is_best = sel["verdict"].str.startswith("best option").to_numpy()
+        est = sel["effect"].to_numpy(dtype=float)
+        ok = ~np.isnan(est)
+        lo, hi = sel["ci_low"].to_numpy(dtype=float), sel["ci_high"].to_numpy(dtype=float)
+        has_ci = ~is_best & ~np.isnan(lo) & ~np.isnan(hi)  # the best's interval is [0, 0]
+        covered = (lo - 1e-9 <= target) & (target <= hi + 1e-9)
         out.append({
             "axis": axis,
             "option": option if isinstance(option, str) else f"{option:g}",
             "truth": t,
-            "estimate": est.mean() if len(est) else np.nan,
-            "bias": est.mean() - t if len(est) else np.nan,
+            "estimate": est[ok].mean() if ok.any() else np.nan,
+            "bias": (est - target)[ok].mean() if ok.any() else np.nan,
             "detected": (sel["p_value"] < alpha).mean() if len(sel) else np.nan,
-            "coverage": ((ci["ci_low"] <= t + 1e-9) & (t - 1e-9 <= ci["ci_high"])).mean()
-            if len(ci) else np.nan,
-            "chosen_best": best,
+            "coverage": covered[has_ci].mean() if has_ci.any() else np.nan,
+            "chosen_best": is_best.mean() if len(sel) else np.nan,
             "studies": len(sel),
         })  # fmt: skip
     return pd.DataFrame(out)

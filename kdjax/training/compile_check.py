@@ -20,7 +20,7 @@ from flax import nnx
 from kdjax.config import RunConfig
 from kdjax.data.sources import LOCAL_CHECKPOINTS
 from kdjax.models.config import EncoderConfig
-from kdjax.models.encoder import Model
+from kdjax.models.encoder import Model, layers_unrolled
 from kdjax.training.mesh import data_sharded, make_mesh, padded_size, param_sharding
 from kdjax.training.step import (
     TrainState,
@@ -127,7 +127,9 @@ def compile_check(cfg: RunConfig, device_memory_gb: float | None = None) -> dict
     hp = kd_hparams(kd)
     compiled = step.lower(state, t_params, batch, jax.random.key(0), hp).compile()
     mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
+    with layers_unrolled():  # FLOPs of every layer (see layers_unrolled); lowering only
+        flat = make_run_step(cfg, graphdef, tx, kd, state, mesh, t_graphdef, t_params)
+        cost = flat.lower(state, t_params, batch, jax.random.key(0), hp).cost_analysis()
     cost = cost[0] if isinstance(cost, list | tuple) else cost
     count = lambda tree: int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
     per_device = {
@@ -152,7 +154,8 @@ def compile_check(cfg: RunConfig, device_memory_gb: float | None = None) -> dict
         "compute_dtype": cfg.train.compute_dtype,
         "per_device_bytes": per_device,
         "per_device_peak_gb": round(peak / 2**30, 3),
-        "flops_per_step": float(cost.get("flops", 0.0)) if cost else None,
+        # The lowered (unpartitioned) program's FLOPs, shared by the mesh's devices.
+        "flops_per_step": float(cost.get("flops", 0.0)) / mesh.size if cost else None,
     }
     if device_memory_gb is not None:
         report["device_memory_gb"] = device_memory_gb
