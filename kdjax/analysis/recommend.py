@@ -23,7 +23,6 @@ from kdjax.analysis.stats import (
     PairContrast,
     Test,
     compare_cells,
-    mde_from_se,
     within_pairs,
 )
 
@@ -70,28 +69,18 @@ def _interval(t: Test) -> list[float | None]:
 def _kind(t: Test) -> str:
     return {
         "pairs": "95% CI, Student-t over pairs",
-        "examples": "95% CI, these pairs only (paired bootstrap over test examples)",
+        "seeds": "95% CI, these pairs only (Student-t over seeds, seed variance pooled over "
+        "pairs; seed and test-example noise)",
+        "examples": "95% CI, these pairs only (paired bootstrap over test examples; one seed: "
+        "seed noise not included)",
         "identical": "exact (identical runs)",
     }.get(t.level, t.reason or "no interval")
 
 
 def _pair_test(c: PairContrast, n_boot: int, seed: int) -> Test:
-    """One pair's contrast: test-example noise when recorded, else Student-t over seeds."""
-    t = within_pairs([c], n_boot, seed)
-    if t.level != "none":
-        return t
-    from scipy import stats
-
-    x = np.asarray(list(c.by_seed.values()))
-    if len(x) < 2 or np.all(x == x[0]):
-        return t
-    res = stats.ttest_1samp(x, 0.0)
-    ci = res.confidence_interval(0.95)
-    se = float(x.std(ddof=1) / np.sqrt(len(x)))
-    return Test(
-        float(x.mean()), float(ci.low), float(ci.high), float(res.pvalue), se,
-        mde_from_se(se, len(x) - 1), 1, "seeds",
-    )  # fmt: skip
+    """One pair's contrast: Student-t over its seeds (seed and test-example noise) with two or
+    more seeds, else test-example noise when recorded (see stats.within_pairs)."""
+    return within_pairs([c], n_boot, seed)
 
 
 def _tau_t_best(study: Study, axes: dict[str, AxisEffect], among: list[Config]) -> Any:
@@ -139,9 +128,7 @@ def recommend(
         "worst_regret": reg[worst].mean * PTS,
         "worst_pair": f"{worst[0]}/{worst[1]}",
         "worst_regret_interval": _interval(worst_t),
-        "worst_regret_interval_kind": _kind(worst_t)
-        if worst_t.level != "seeds"
-        else "95% CI, Student-t over this pair's seeds",
+        "worst_regret_interval_kind": _kind(worst_t),
         "per_pair_regret": {f"{p[0]}/{p[1]}": c.mean * PTS for p, c in reg.items()},
         "leave_one_dataset_out": leave_one_dataset_out(study, pairs, among),
         "reference": reference(study, pairs, among, best, axes, n_boot, seed),

@@ -46,8 +46,9 @@ def _gain(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
         "axis at its first option, against the no-KD baseline trained with the same learning "
         "rate. Best KD: the pair's validation-best KD configuration, against the pair's "
         "validation-best no-KD baseline over the learning rates the study ran (the same tuning "
-        "budget for both). Intervals: 95%, paired over test examples (these pairs only), or "
-        "over seeds when no per-example outcomes were kept; p-values Holm-adjusted over each "
+        "budget for both). Intervals: 95%, these pairs only: Student-t over the seeds' paired "
+        "contrasts with two or more seeds, else paired over test examples (seed noise not "
+        "included); p-values Holm-adjusted over each "
         "column. '±': std over seeds."
     )
     ps = holm([g.default_test.p if g.default_test else None for g in r.gains])
@@ -111,8 +112,14 @@ def _effects(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
             "claim about pairs like these), p Holm-adjusted over the whole table. "
             if r.cross_pair
             else f"With fewer than {MIN_PAIRS} pairs no cross-pair claim is made: intervals "
-            "and p-values are for these pairs only, from test-example noise (paired over test "
-            "examples), p Holm-adjusted over the whole table. "
+            "and p-values are for these pairs only, p Holm-adjusted over the whole table; "
+            + (
+                "Student-t over the seeds' paired contrasts, the seed-to-seed variance pooled "
+                "over pairs (seed and test-example noise). "
+                if len(r.study.seeds) > 1
+                else "from test-example noise (paired over test examples; one seed: "
+                "seed-to-seed variation is not included). "
+            )
         )
         + "MDE: the smallest true difference detected with 80% power at alpha 0.05."
     )
@@ -146,8 +153,9 @@ def _effects(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
             continue
         doc.h(2, f"{AXIS_NAMES.get(axis, axis)}: per pair")
         doc.p(
-            "Each pair's contrast (test points) with, where per-example outcomes were kept, its "
-            "95% interval from test-example noise (this pair only)."
+            "Each pair's contrast (test points) with its 95% interval (this pair only): "
+            "Student-t over its seeds' contrasts with two or more seeds, else from test-example "
+            "noise where per-example outcomes were kept (seed noise not included)."
         )
         rows = []
         for pair, gs in eff.groups.items():
@@ -162,7 +170,7 @@ def _pair_cell(c: PairContrast | None) -> str:
     if c is None:
         return "-"
     t = within_pairs([c])
-    if t.level != "examples" or t.lo is None:
+    if t.level not in ("examples", "seeds") or t.lo is None:
         return pt(c.mean * 100)
     return f"{c.mean * 100:.2f} [{t.lo * 100:.2f}, {t.hi * 100:.2f}]"
 
