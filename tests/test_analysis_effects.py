@@ -315,3 +315,32 @@ def test_corpus_f1_from_counts_is_bootstrapped_over_examples():
     t = within_pairs([PairContrast("ner", a, b)], n_boot=400, seed=1)
     assert t.level == "examples" and t.estimate == pytest.approx(f1[0] - f1[1])
     assert 0.003 < t.se < 0.03 and t.lo < t.estimate < t.hi and t.p < 0.05
+
+
+def test_seed_variance_is_pooled_over_pairs():
+    """With several seeds the within-pair interval is Student-t over the seed contrasts, the
+    residual variance pooled over the pairs given as `pool` (df = sum of seeds - 1)."""
+    from scipy import stats
+
+    from kdjax.analysis.load import Cell
+    from kdjax.analysis.stats import PairContrast, within_pairs
+
+    def contrast(values):
+        a, b = Cell(), Cell()
+        for s, v in enumerate(values):
+            a.test[s], a.val[s], b.test[s], b.val[s] = 0.5 + v, 0.0, 0.5, 0.0
+        return PairContrast("d", a, b)
+
+    c1, c2 = contrast([0.01, 0.02, 0.03]), contrast([0.0, 0.02, 0.04])
+    alone = within_pairs([c1])  # residual variance 1e-4 on 2 df
+    se = np.sqrt(1e-4 / 3)
+    assert alone.level == "seeds" and alone.se == pytest.approx(se)
+    assert alone.hi - alone.estimate == pytest.approx(stats.t(2).ppf(0.975) * se)
+    pooled = within_pairs([c1], pool=[c1, c2])  # (2e-4 + 8e-4) / 4 on 4 df
+    se = np.sqrt(2.5e-4 / 3)
+    assert pooled.se == pytest.approx(se) and pooled.estimate == pytest.approx(0.02)
+    assert pooled.hi - pooled.estimate == pytest.approx(stats.t(4).ppf(0.975) * se)
+    assert pooled.mde == pytest.approx((stats.t(4).ppf(0.975) + stats.t(4).ppf(0.8)) * se)
+    both = within_pairs([c1, c2])
+    assert both.se == pytest.approx(np.sqrt(2 * 2.5e-4 / 3) / 2)
+    assert both.p == pytest.approx(2 * stats.t(4).sf(0.02 / both.se))

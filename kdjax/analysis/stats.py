@@ -168,10 +168,17 @@ def _index(out: Outcomes, universe: dict[str, int]) -> np.ndarray:
     return np.fromiter((universe[i] for i in out.ids), dtype=np.int64, count=out.n)
 
 
-def within_pairs(contrasts: Sequence[PairContrast], n_boot: int = 1000, seed: int = 0) -> Test:
+def within_pairs(
+    contrasts: Sequence[PairContrast],
+    n_boot: int = 1000,
+    seed: int = 0,
+    pool: Sequence[PairContrast] | None = None,
+) -> Test:
     """The mean over `contrasts` of each pair's seed-averaged contrast (these pairs only):
     Student-t over seed contrasts when any pair has two seeds, else a paired bootstrap over test
-    examples. No claim with one seed when a pair lacks per-example outcomes."""
+    examples. No claim with one seed when a pair lacks per-example outcomes. `pool`: the
+    contrasts whose seed residuals give the seed variance (default `contrasts`; a table's
+    per-pair tests pass the same comparison on every pair, for more degrees of freedom)."""
     n = len(contrasts)
     if not n:
         return Test(float("nan"), reason="no pair has both options")
@@ -179,9 +186,10 @@ def within_pairs(contrasts: Sequence[PairContrast], n_boot: int = 1000, seed: in
     if all(c.identical for c in contrasts):
         return Test(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, n, "identical")
     lacking = [c for c in contrasts if not c.outcome_runs()]
-    if seed_pool(contrasts)[1] > 0:  # >= 2 seeds somewhere: seed noise goes in
+    ss, df = seed_pool(contrasts if pool is None else pool)
+    if df > 0:  # >= 2 seeds somewhere: seed noise goes in
         ex_se = None if lacking else _example_se(contrasts, n_boot, seed)
-        return _over_seeds(contrasts, estimate, ex_se)
+        return _over_seeds(contrasts, estimate, ss / df, df, ex_se)
     if lacking:
         why = f"{len(lacking)} of {n} pair(s) have no per-example test outcomes"
         return Test(estimate, n_pairs=n, reason=f"{_few(n)}; {why}")
@@ -199,9 +207,11 @@ def within_pairs(contrasts: Sequence[PairContrast], n_boot: int = 1000, seed: in
 
 def seed_pool(contrasts: Sequence[PairContrast]) -> tuple[float, int]:
     """Sum of squares of the seed contrasts around their pair's mean, and its degrees of
-    freedom, pooled over `contrasts` (pairs with one seed add nothing)."""
+    freedom, pooled over `contrasts` (pairs with one seed and identical runs add nothing)."""
     ss, df = 0.0, 0
     for c in contrasts:
+        if c.identical:
+            continue
         x = np.fromiter(c.by_seed.values(), dtype=float)
         if len(x) > 1:
             ss += float(((x - x.mean()) ** 2).sum())
@@ -209,13 +219,13 @@ def seed_pool(contrasts: Sequence[PairContrast]) -> tuple[float, int]:
     return ss, df
 
 
-def _over_seeds(contrasts: Sequence[PairContrast], estimate: float, ex_se: float | None) -> Test:
-    """Student-t over the seed contrasts, seed variance pooled over pairs (see module doc); a
-    pair with one seed gets the pooled variance too. `ex_se`: the test-example SE, a floor
-    (normal quantile when it is the larger)."""
-    ss, df = seed_pool(contrasts)
+def _over_seeds(
+    contrasts: Sequence[PairContrast], estimate: float, var: float, df: int, ex_se: float | None
+) -> Test:
+    """Student-t with `df` degrees of freedom from the pooled seed variance `var` (see module
+    doc); a pair with one seed gets the pooled variance too. `ex_se`: the test-example SE, a
+    floor (normal quantile when it is the larger)."""
     n = len(contrasts)
-    var = ss / df
     se = float(np.sqrt(sum(var / len(c.seeds) for c in contrasts)) / n)
     if ex_se is not None and ex_se >= se:  # no more spread than test examples explain
         se, df = ex_se, 0
