@@ -187,7 +187,9 @@ class RunConfig(Frozen):
         "cached", description="cached: exact teacher logits computed once and shared by runs"
     )
     cache_dir: str | None = Field(
-        None, description="where teacher logits are cached; default: TEACHER_RUN/logit_cache"
+        None,
+        description="where teacher logits are cached (tokenised data in its data/ folder); "
+        "default: TEACHER_RUN/logit_cache, tokenised data in data_cache/ beside output_dir",
     )
     kd: KDConfig | None = None
     train: TrainConfig = TrainConfig()

@@ -152,10 +152,10 @@ def test_choices_are_made_on_validation_not_test():
     assert r.recommendation["mean_regret"] == pytest.approx(0.0, abs=0.4)  # pairs chose mse too
 
 
-def _calibration_study(rng, n_pairs, seed_sd, spread, contrasts=None):
-    """One planted study: ce vs mse, mse's true effect mu + N(0, spread) per pair. The non-best
-    option's test and the truth it estimates; its pair contrasts go into `contrasts` (a list)
-    when one is given."""
+def _calibration_study(rng, n_pairs, seed_sd, spread, contrasts=None, seeds=(0, 1), n_ex=300):
+    """One planted study: ce vs mse, mse's true effect mu + N(0, spread) per pair, `seeds`
+    seeds, `n_ex` test examples. The non-best option's test and the truth it estimates; its
+    pair contrasts go into `contrasts` (a list) when one is given."""
     mu = -0.01
     pairs = [(f"d{i}", "s") for i in range(n_pairs)]
     delta = {p: mu + rng.normal(0, spread) for p in pairs}
@@ -167,7 +167,7 @@ def _calibration_study(rng, n_pairs, seed_sd, spread, contrasts=None):
 
     axes = {"teacher": ["hs"], "distance": ["ce", "mse"], "alpha": [1.0], "tau_t": [1.0],
             "tau_s": ["same"]}  # fmt: skip
-    sim = Simulator(truth, axes, pairs, (0, 1), 300, seed_sd=seed_sd, rng=rng, as_json=False)
+    sim = Simulator(truth, axes, pairs, seeds, n_ex, seed_sd=seed_sd, rng=rng, as_json=False)
     sim.grid()
     eff = axis_effect(study_from_rows(sim.rows, sim.manifest("grid")), "distance", pairs)
     row = next(o for o in eff.options if not o.is_best)
@@ -179,17 +179,24 @@ def _calibration_study(rng, n_pairs, seed_sd, spread, contrasts=None):
 
 
 @pytest.mark.parametrize(
-    ("n_pairs", "seed_sd", "spread", "level"),
-    [(6, 0.004, 0.004, "pairs"), (3, 0.0, 0.004, "examples")],
+    ("n_pairs", "seed_sd", "spread", "seeds", "n_ex", "level"),
+    [
+        (6, 0.004, 0.004, (0, 1), 300, "pairs"),
+        (3, 0.0, 0.004, (0,), 2000, "examples"),
+        (3, 0.004, 0.004, (0, 1), 300, "seeds"),
+        (2, 0.01, 0.0, (0, 1, 2), 2000, "seeds"),  # the demo's design: seed sd 1 point
+    ],
 )
-def test_calibration_over_simulated_studies(n_pairs, seed_sd, spread, level):
+def test_calibration_over_simulated_studies(n_pairs, seed_sd, spread, seeds, n_ex, level):
     """95% intervals cover the planted effect 90-99% of the time, estimates are unbiased:
-    across pairs (truth: the mean effect of pairs like these), and within pairs from test
-    examples (truth: these pairs' mean effect; no seed noise, which that level leaves out)."""
+    across pairs (truth: the mean effect of pairs like these); within pairs (truth: these
+    pairs' mean effect) with one seed from test examples (no seed noise in the runs, which that
+    level leaves out), and with several seeds Student-t over the seed contrasts (seed noise
+    in)."""
     rng = np.random.default_rng(11)
     cover, err = [], []
     for _ in range(200):
-        test, want = _calibration_study(rng, n_pairs, seed_sd, spread)
+        test, want = _calibration_study(rng, n_pairs, seed_sd, spread, None, seeds, n_ex)
         assert test.level == level
         cover.append(test.lo <= want <= test.hi)
         err.append(test.estimate - want)
@@ -212,7 +219,9 @@ def test_fewer_than_five_pairs_make_no_cross_pair_claim(tmp_path):
     from kdjax.analysis.gaps import find_gaps
     from kdjax.analysis.headline import headline
 
-    assert "No cross-pair claim can be made" in " ".join(headline(r, find_gaps(r)))
+    text = " ".join(headline(r, find_gaps(r)))
+    assert "No cross-pair claim can be made" in text
+    assert "one seed: seed-to-seed variation is not included" in text
     # Without per-example outcomes, three pairs support no claim at all.
     for row in sim.rows:
         row["result_json"] = json.dumps({"metric": "accuracy"})
@@ -265,7 +274,7 @@ def test_kd_gain_against_a_tuned_baseline():
         assert g.default.mean == pytest.approx(0.0, abs=0.03)
         # best KD (tau_t 4, alpha 1) = base + 2 points; tuned baseline base + 0.5
         assert g.best.mean == pytest.approx(0.015, abs=0.03)
-        assert g.best_test.level == "examples"
+        assert g.best_test.level == "seeds"  # two seeds: seed noise is in the interval
 
 
 def test_shared_distances_are_one_run_under_two_names():
@@ -306,3 +315,32 @@ def test_corpus_f1_from_counts_is_bootstrapped_over_examples():
     t = within_pairs([PairContrast("ner", a, b)], n_boot=400, seed=1)
     assert t.level == "examples" and t.estimate == pytest.approx(f1[0] - f1[1])
     assert 0.003 < t.se < 0.03 and t.lo < t.estimate < t.hi and t.p < 0.05
+
+
+def test_seed_variance_is_pooled_over_pairs():
+    """With several seeds the within-pair interval is Student-t over the seed contrasts, the
+    residual variance pooled over the pairs given as `pool` (df = sum of seeds - 1)."""
+    from scipy import stats
+
+    from kdjax.analysis.load import Cell
+    from kdjax.analysis.stats import PairContrast, within_pairs
+
+    def contrast(values):
+        a, b = Cell(), Cell()
+        for s, v in enumerate(values):
+            a.test[s], a.val[s], b.test[s], b.val[s] = 0.5 + v, 0.0, 0.5, 0.0
+        return PairContrast("d", a, b)
+
+    c1, c2 = contrast([0.01, 0.02, 0.03]), contrast([0.0, 0.02, 0.04])
+    alone = within_pairs([c1])  # residual variance 1e-4 on 2 df
+    se = np.sqrt(1e-4 / 3)
+    assert alone.level == "seeds" and alone.se == pytest.approx(se)
+    assert alone.hi - alone.estimate == pytest.approx(stats.t(2).ppf(0.975) * se)
+    pooled = within_pairs([c1], pool=[c1, c2])  # (2e-4 + 8e-4) / 4 on 4 df
+    se = np.sqrt(2.5e-4 / 3)
+    assert pooled.se == pytest.approx(se) and pooled.estimate == pytest.approx(0.02)
+    assert pooled.hi - pooled.estimate == pytest.approx(stats.t(4).ppf(0.975) * se)
+    assert pooled.mde == pytest.approx((stats.t(4).ppf(0.975) + stats.t(4).ppf(0.8)) * se)
+    both = within_pairs([c1, c2])
+    assert both.se == pytest.approx(np.sqrt(2 * 2.5e-4 / 3) / 2)
+    assert both.p == pytest.approx(2 * stats.t(4).sf(0.02 / both.se))

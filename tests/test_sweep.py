@@ -265,10 +265,10 @@ def test_plan_command_prints_counts(tmp_path, capsys):
     assert sweep_main(["plan", str(path), "--workdir", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
     assert "teacher runs: 1" in out and "logit caches: 1" in out
-    assert "1:distance   2" in out and "sensitivity  4" in out and "transfer     8" in out
-    assert "student runs: at most 20" in out
+    assert "1:distance   2" in out and "sensitivity  2" in out and "transfer     8" in out
+    assert "student runs: at most 18" in out
     assert "grouped training: off (executor.group_size 1)" in out
-    assert "48 teacher + 960 student example-epochs" in out
+    assert "48 teacher + 864 student example-epochs" in out
     assert "warning: axes.distance: ce and kl train identically" in out
     assert sweep_main(["plan", str(tmp_path / "missing.yaml")]) == 2
 

@@ -184,6 +184,11 @@ def test_a_request_no_node_can_meet_fails_within_seconds(local_ray, tmp_path, re
     assert time.monotonic() - start < 10
     with Ledger(tmp_path / "w" / "ledger.sqlite") as ledger:
         assert ledger.rows(status="done") == []
+    # The same request given as `kdjax run --resources` (which implies the Ray executor).
+    with pytest.raises(RuntimeError, match="no node of the Ray cluster has " + missing):
+        wanted = {**request_, **({"GPU": gpus} if gpus else {})}
+        run_study(manifest(tmp_path), tmp_path / "w", run_fn=fake.timed, resources=wanted,
+                  progress=False)  # fmt: skip
 
 
 def test_resource_requests_are_checked():

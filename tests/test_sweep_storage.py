@@ -170,7 +170,11 @@ def test_network_workdir_keeps_the_ledger_local_and_publishes_it(tmp_path, monke
     assert "is on a network filesystem (nfs4): the ledger is kept at" in capsys.readouterr().out
     local = storage.local_ledger_dir(work) / "ledger.sqlite"
     assert local.is_file() and local.parent.parent == tmp_path / "local"
-    assert not (work / "driver.lock").exists()
+    from kdjax.sweep.driver import _driver_lock
+
+    with _driver_lock(work):  # a driver on another machine holds the shared workdir's lock
+        with pytest.raises(RuntimeError, match=r"another driver \(pid \d+\) is running"):
+            run_study(path, work, LocalExecutor(fake.planted), progress=False)
     with Ledger(work / "ledger.sqlite") as snap:  # the published snapshot: complete
         assert len(snap.rows(status="done")) == out["done"] == len(fake.CALLS)
     assert sweep_main(["status", str(work)]) == 0

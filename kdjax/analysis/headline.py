@@ -63,11 +63,18 @@ def _scope(r: Results, g: Gaps) -> str:
 def _guard(r: Results) -> str | None:
     if r.cross_pair:
         return None
+    noise = (
+        "intervals from seed-to-seed and test-example noise (Student-t over the seeds' "
+        "contrasts, seed variance pooled over pairs)"
+        if len(r.study.seeds) > 1
+        else "test-example noise only (one seed: seed-to-seed variation is not included in "
+        "those intervals)"
+    )
     return (
         f"**No cross-pair claim can be made:** only {len(r.active)} pair(s) have results "
         f"(fewer than {MIN_PAIRS}). Every statement below is about these pairs only, with "
-        "test-example noise (seed-to-seed variation is not in those intervals); whether an "
-        "effect holds on other datasets or students is not something this study can tell."
+        f"{noise}; whether an effect holds on other datasets or students is not something this "
+        "study can tell."
     )
 
 

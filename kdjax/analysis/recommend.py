@@ -23,7 +23,6 @@ from kdjax.analysis.stats import (
     PairContrast,
     Test,
     compare_cells,
-    mde_from_se,
     within_pairs,
 )
 
@@ -70,28 +69,19 @@ def _interval(t: Test) -> list[float | None]:
 def _kind(t: Test) -> str:
     return {
         "pairs": "95% CI, Student-t over pairs",
-        "examples": "95% CI, these pairs only (paired bootstrap over test examples)",
+        "seeds": "95% CI, these pairs only (Student-t over seeds, seed variance pooled over "
+        "pairs; seed and test-example noise)",
+        "examples": "95% CI, these pairs only (paired bootstrap over test examples; one seed: "
+        "seed noise not included)",
         "identical": "exact (identical runs)",
     }.get(t.level, t.reason or "no interval")
 
 
-def _pair_test(c: PairContrast, n_boot: int, seed: int) -> Test:
-    """One pair's contrast: test-example noise when recorded, else Student-t over seeds."""
-    t = within_pairs([c], n_boot, seed)
-    if t.level != "none":
-        return t
-    from scipy import stats
-
-    x = np.asarray(list(c.by_seed.values()))
-    if len(x) < 2 or np.all(x == x[0]):
-        return t
-    res = stats.ttest_1samp(x, 0.0)
-    ci = res.confidence_interval(0.95)
-    se = float(x.std(ddof=1) / np.sqrt(len(x)))
-    return Test(
-        float(x.mean()), float(ci.low), float(ci.high), float(res.pvalue), se,
-        mde_from_se(se, len(x) - 1), 1, "seeds",
-    )  # fmt: skip
+def _pair_test(c: PairContrast, n_boot: int, seed: int, pool: list[PairContrast]) -> Test:
+    """One pair's contrast: Student-t over its seeds (seed and test-example noise), the seed
+    variance pooled over the same comparison on every pair in `pool`, with two or more seeds;
+    else test-example noise when recorded (see stats.within_pairs)."""
+    return within_pairs([c], n_boot, seed, pool)
 
 
 def _tau_t_best(study: Study, axes: dict[str, AxisEffect], among: list[Config]) -> Any:
@@ -129,7 +119,7 @@ def recommend(
     reg = regrets(study, best, pairs)
     mean_t = compare_cells(list(reg.values()), n_boot, seed)
     worst = max(reg, key=lambda p: reg[p].mean)
-    worst_t = _pair_test(reg[worst], n_boot, seed)
+    worst_t = _pair_test(reg[worst], n_boot, seed, list(reg.values()))
     out |= {
         "config": config_dict(best),
         "label": best.label(),
@@ -139,9 +129,7 @@ def recommend(
         "worst_regret": reg[worst].mean * PTS,
         "worst_pair": f"{worst[0]}/{worst[1]}",
         "worst_regret_interval": _interval(worst_t),
-        "worst_regret_interval_kind": _kind(worst_t)
-        if worst_t.level != "seeds"
-        else "95% CI, Student-t over this pair's seeds",
+        "worst_regret_interval_kind": _kind(worst_t),
         "per_pair_regret": {f"{p[0]}/{p[1]}": c.mean * PTS for p, c in reg.items()},
         "leave_one_dataset_out": leave_one_dataset_out(study, pairs, among),
         "reference": reference(study, pairs, among, best, axes, n_boot, seed),
@@ -232,8 +220,9 @@ def _best_baseline(study: Study, pair: Pair) -> tuple[Cell | None, float | None]
 
 
 def kd_gain(study: Study, pairs: list[Pair], n_boot: int = 1000, seed: int = 0) -> list[Gain]:
-    """Per pair, paired tests of KD against no KD (test-example noise, else seeds)."""
-    out = []
+    """Per pair, paired tests of KD against no KD (seed variance pooled over the pairs of each
+    column; one seed: test-example noise)."""
+    rows = []
     default = dict(study.default)
     for p in pairs:
         cells = {c: x for c, x in study.cells.get(p, {}).items() if not c.is_baseline}
@@ -243,14 +232,17 @@ def kd_gain(study: Study, pairs: list[Pair], n_boot: int = 1000, seed: int = 0) 
         kd_best = max(cells, key=lambda c: cells[c].val_mean) if cells else None
         tuned, lr = _best_baseline(study, p)
         b = PairContrast(p[0], cells[kd_best], tuned) if kd_best and tuned else None
-        out.append(
-            Gain(
-                p,
-                d if d and d.seeds else None,
-                _pair_test(d, n_boot, seed) if d and d.seeds else None,
-                b if b and b.seeds else None,
-                _pair_test(b, n_boot, seed) if b and b.seeds else None,
-                lr,
-            )
+        rows.append((p, d if d and d.seeds else None, b if b and b.seeds else None, lr))
+    pool_d = [d for _, d, _, _ in rows if d is not None]  # each column pools its pairs
+    pool_b = [b for _, _, b, _ in rows if b is not None]
+    return [
+        Gain(
+            p,
+            d,
+            _pair_test(d, n_boot, seed, pool_d) if d else None,
+            b,
+            _pair_test(b, n_boot, seed, pool_b) if b else None,
+            lr,
         )
-    return out
+        for p, d, b, lr in rows
+    ]

@@ -46,9 +46,10 @@ def _gain(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
         "axis at its first option, against the no-KD baseline trained with the same learning "
         "rate. Best KD: the pair's validation-best KD configuration, against the pair's "
         "validation-best no-KD baseline over the learning rates the study ran (the same tuning "
-        "budget for both). Intervals: 95%, paired over test examples (these pairs only), or "
-        "over seeds when no per-example outcomes were kept; p-values Holm-adjusted over each "
-        "column. '±': std over seeds."
+        "budget for both). Intervals: 95%, these pairs only: Student-t over the seeds' paired "
+        "contrasts (seed variance pooled over the column's pairs) with two or more seeds, "
+        "else paired over test examples (seed noise not included); p-values Holm-adjusted "
+        "over each column. '±': std over seeds."
     )
     ps = holm([g.default_test.p if g.default_test else None for g in r.gains])
     pb = holm([g.best_test.p if g.best_test else None for g in r.gains])
@@ -111,8 +112,14 @@ def _effects(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
             "claim about pairs like these), p Holm-adjusted over the whole table. "
             if r.cross_pair
             else f"With fewer than {MIN_PAIRS} pairs no cross-pair claim is made: intervals "
-            "and p-values are for these pairs only, from test-example noise (paired over test "
-            "examples), p Holm-adjusted over the whole table. "
+            "and p-values are for these pairs only, p Holm-adjusted over the whole table; "
+            + (
+                "Student-t over the seeds' paired contrasts, the seed-to-seed variance pooled "
+                "over pairs (seed and test-example noise). "
+                if len(r.study.seeds) > 1
+                else "from test-example noise (paired over test examples; one seed: "
+                "seed-to-seed variation is not included). "
+            )
         )
         + "MDE: the smallest true difference detected with 80% power at alpha 0.05."
     )
@@ -146,23 +153,26 @@ def _effects(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
             continue
         doc.h(2, f"{AXIS_NAMES.get(axis, axis)}: per pair")
         doc.p(
-            "Each pair's contrast (test points) with, where per-example outcomes were kept, its "
-            "95% interval from test-example noise (this pair only)."
+            "Each pair's contrast (test points) with its 95% interval (this pair only): "
+            "Student-t over its seeds' contrasts, the seed-to-seed variance pooled over the "
+            "option's pairs, with two or more seeds; else from test-example noise where "
+            "per-example outcomes were kept (seed noise not included)."
         )
         rows = []
         for pair, gs in eff.groups.items():
-            cells = [_pair_cell(o.contrasts.get(pair)) for o in others]
+            cells = [_pair_cell(o.contrasts.get(pair), list(o.contrasts.values())) for o in others]
             around = gs[0].center.label() if len(gs) == 1 else f"{len(gs)} settings"
             rows.append([pair_name(pair), gs[0].source, around, *cells])
         head = [f"{fmt_value(o.option)} - {fmt_value(eff.best)}" for o in others]
         doc.table(["pair", "contrasts from", "around", *head], rows)
 
 
-def _pair_cell(c: PairContrast | None) -> str:
+def _pair_cell(c: PairContrast | None, pool: list[PairContrast]) -> str:
+    """A pair's contrast and its interval, the seed variance pooled over the option's pairs."""
     if c is None:
         return "-"
-    t = within_pairs([c])
-    if t.level != "examples" or t.lo is None:
+    t = within_pairs([c], pool=pool)
+    if t.level not in ("examples", "seeds") or t.lo is None:
         return pt(c.mean * 100)
     return f"{c.mean * 100:.2f} [{t.lo * 100:.2f}, {t.hi * 100:.2f}]"
 

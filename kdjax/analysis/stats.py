@@ -8,11 +8,20 @@ Two levels, never mixed in one interval:
   pairs would count that noise twice (Davison & Hinkley 1997, sec. 3.8, two-stage sampling);
   with 5-40 units a percentile interval is too narrow, so the interval and the test are
   Student-t over the pair contrasts (`scipy.stats.ttest_1samp`).
-- **within pairs** (a statement about these pairs only): a paired bootstrap over test examples
-  (Poisson weights, one draw per dataset shared by every seed, option and student, because they
-  all saw the same test set), with McNemar's exact test (`scipy.stats.binomtest` on the
-  discordant examples) for one pair, one seed and 0/1 outcomes. Seed-to-seed variation is not in
-  it: that needs the across-pairs level or more seeds.
+- **within pairs** (a statement about these pairs only). With two or more seeds (level
+  "seeds"): every seed gives a paired contrast, which already holds that run's own test-example
+  noise; the seed-to-seed variance is the pooled residual variance of those seed contrasts around
+  their pair means (one-way ANOVA within-group mean square, pooled over the pairs of the
+  comparison), the variance of the mean is sum_p s^2 / n_p / P^2, and the interval and test are
+  Student-t with the pooled degrees of freedom sum_p (n_p - 1). Where per-example outcomes
+  were kept, the test-example SE below (which also holds test-set noise shared by every seed)
+  is computed too and is a floor: when the seed contrasts spread no more than test-example
+  noise explains, that SE (estimated from thousands of examples, so a normal quantile) is
+  used instead. With one seed (level
+  "examples"): a paired bootstrap over test examples (Poisson weights, one draw per dataset
+  shared by every seed, option and student, because they all saw the same test set), with
+  McNemar's exact test (`scipy.stats.binomtest` on the discordant examples) for one pair, one
+  seed and 0/1 outcomes. Seed-to-seed variation is not in that one: the report says so.
 
 Every comparison carries its minimum detectable effect: the true difference it would detect
 with 80% power at alpha 0.05, (q_{1-alpha/2} + q_{power}) x SE.
@@ -38,9 +47,10 @@ PTS = 100.0
 class Test:
     """`a - b` on test (metric units, not points) with its uncertainty.
 
-    `level`: "pairs" (across pairs, Student-t), "examples" (these pairs only, test-example
-    bootstrap), "seeds" (one pair, Student-t over seeds), "identical" (every paired result
-    equal: the same runs), or "none" (no claim).
+    `level`: "pairs" (across pairs, Student-t), "seeds" (these pairs only, Student-t over the
+    seed contrasts with the seed variance pooled over pairs: seed and test-example noise),
+    "examples" (these pairs only, one seed: test-example bootstrap, no seed noise),
+    "identical" (every paired result equal: the same runs), or "none" (no claim).
     """
 
     estimate: float
@@ -62,7 +72,7 @@ class Test:
         p = self.p if p_adjusted is None else p_adjusted
         scope = {
             "examples": "these pairs only, test-example noise: ",
-            "seeds": "this pair, seed-to-seed noise only: ",
+            "seeds": "these pairs only, seed and test-example noise: ",
         }.get(self.level, "")
         if p is not None and p < ALPHA:
             word = "worse" if self.estimate < 0 else "better"
@@ -158,9 +168,17 @@ def _index(out: Outcomes, universe: dict[str, int]) -> np.ndarray:
     return np.fromiter((universe[i] for i in out.ids), dtype=np.int64, count=out.n)
 
 
-def within_pairs(contrasts: Sequence[PairContrast], n_boot: int = 1000, seed: int = 0) -> Test:
-    """The mean over `contrasts` of each pair's seed-averaged contrast, with a paired bootstrap
-    over test examples (these pairs only). No claim when a pair lacks per-example outcomes."""
+def within_pairs(
+    contrasts: Sequence[PairContrast],
+    n_boot: int = 1000,
+    seed: int = 0,
+    pool: Sequence[PairContrast] | None = None,
+) -> Test:
+    """The mean over `contrasts` of each pair's seed-averaged contrast (these pairs only):
+    Student-t over seed contrasts when any pair has two seeds, else a paired bootstrap over test
+    examples. No claim with one seed when a pair lacks per-example outcomes. `pool`: the
+    contrasts whose seed residuals give the seed variance (default `contrasts`; a table's
+    per-pair tests pass the same comparison on every pair, for more degrees of freedom)."""
     n = len(contrasts)
     if not n:
         return Test(float("nan"), reason="no pair has both options")
@@ -168,11 +186,61 @@ def within_pairs(contrasts: Sequence[PairContrast], n_boot: int = 1000, seed: in
     if all(c.identical for c in contrasts):
         return Test(0.0, 0.0, 0.0, 1.0, 0.0, 0.0, n, "identical")
     lacking = [c for c in contrasts if not c.outcome_runs()]
+    ss, df = seed_pool(contrasts if pool is None else pool)
+    if df > 0:  # >= 2 seeds somewhere: seed noise goes in
+        ex_se = None if lacking else _example_se(contrasts, n_boot, seed)
+        return _over_seeds(contrasts, estimate, ss / df, df, ex_se)
     if lacking:
         why = f"{len(lacking)} of {n} pair(s) have no per-example test outcomes"
         return Test(estimate, n_pairs=n, reason=f"{_few(n)}; {why}")
     if n == 1 and _mcnemar_ok(contrasts[0]):
         return _mcnemar(contrasts[0])
+    se = _example_se(contrasts, n_boot, seed)
+    if se == 0:
+        return Test(estimate, estimate, estimate, None, 0.0, 0.0, n, "examples")
+    z = stats.norm.ppf(1 - ALPHA / 2)
+    p = float(2 * stats.norm.sf(abs(estimate) / se))
+    return Test(
+        estimate, estimate - z * se, estimate + z * se, p, se, mde_from_se(se), n, "examples"
+    )
+
+
+def seed_pool(contrasts: Sequence[PairContrast]) -> tuple[float, int]:
+    """Sum of squares of the seed contrasts around their pair's mean, and its degrees of
+    freedom, pooled over `contrasts` (pairs with one seed and identical runs add nothing)."""
+    ss, df = 0.0, 0
+    for c in contrasts:
+        if c.identical:
+            continue
+        x = np.fromiter(c.by_seed.values(), dtype=float)
+        if len(x) > 1:
+            ss += float(((x - x.mean()) ** 2).sum())
+            df += len(x) - 1
+    return ss, df
+
+
+def _over_seeds(
+    contrasts: Sequence[PairContrast], estimate: float, var: float, df: int, ex_se: float | None
+) -> Test:
+    """Student-t with `df` degrees of freedom from the pooled seed variance `var` (see module
+    doc); a pair with one seed gets the pooled variance too. `ex_se`: the test-example SE, a
+    floor (normal quantile when it is the larger)."""
+    n = len(contrasts)
+    se = float(np.sqrt(sum(var / len(c.seeds) for c in contrasts)) / n)
+    if ex_se is not None and ex_se >= se:  # no more spread than test examples explain
+        se, df = ex_se, 0
+    if se == 0:
+        return Test(estimate, estimate, estimate, None, 0.0, 0.0, n, "seeds")
+    dist = stats.t(df) if df else stats.norm
+    q = dist.ppf(1 - ALPHA / 2)
+    p = float(2 * dist.sf(abs(estimate) / se))
+    return Test(
+        estimate, estimate - q * se, estimate + q * se, p, se, mde_from_se(se, df), n, "seeds"
+    )
+
+
+def _example_se(contrasts: Sequence[PairContrast], n_boot: int, seed: int) -> float:
+    """SE of the mean seed-averaged contrast from test-example noise (these pairs' outcomes)."""
     universes: dict[str, dict[str, int]] = {}
     indexed = []
     for c in contrasts:
@@ -181,16 +249,8 @@ def within_pairs(contrasts: Sequence[PairContrast], n_boot: int = 1000, seed: in
         indexed.append([(a, _index(a, u), b, _index(b, u)) for a, b in runs])
     linear = all(o.counts is None for runs in indexed for r in runs for o in (r[0], r[2]))
     if linear:
-        se = _linear_se(contrasts, indexed, universes)
-    else:
-        se = _bootstrap_se(contrasts, indexed, universes, n_boot, seed)
-    if se == 0:
-        return Test(estimate, estimate, estimate, None, 0.0, 0.0, n, "examples")
-    z = stats.norm.ppf(1 - ALPHA / 2)
-    p = float(2 * stats.norm.sf(abs(estimate) / se))
-    return Test(
-        estimate, estimate - z * se, estimate + z * se, p, se, mde_from_se(se), n, "examples"
-    )
+        return _linear_se(contrasts, indexed, universes)
+    return _bootstrap_se(contrasts, indexed, universes, n_boot, seed)
 
 
 def _linear_se(contrasts, indexed, universes) -> float:

@@ -128,7 +128,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resources",
         metavar="JSON",
-        help="Ray: what each run or group asks for, replacing the manifest's, e.g. "
+        help="Ray (implied): what each run or group asks for, replacing the manifest's, e.g. "
         "'{\"GPU\": 1}', '{\"GPU\": 0.5}' (two runs per GPU) or '{\"TPU\": 1}' (one chip)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

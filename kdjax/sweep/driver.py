@@ -459,9 +459,11 @@ def _report(workdir: Path) -> None:
 
 
 @contextlib.contextmanager
-def _driver_lock(workdir: Path):
+def _driver_lock(workdir: Path, best_effort: bool = False):
     # Only one driver may write a ledger; the OS drops the lock when a driver dies, even by
-    # SIGKILL, so a stale lock never blocks a resume.
+    # SIGKILL, so a stale lock never blocks a resume. `best_effort`: on a network filesystem
+    # (NFSv4 has locks, gcsfuse has none) a lock that cannot be taken is skipped, but one that
+    # another driver holds still stops this one.
     with open(workdir / "driver.lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -471,6 +473,9 @@ def _driver_lock(workdir: Path):
                 f"another driver (pid {f.read().strip() or '?'}) is running the sweep in "
                 f"{workdir}; wait for it or stop it first"
             ) from None
+        except OSError:
+            if not best_effort:
+                raise
         f.truncate(0)
         f.write(str(os.getpid()))
         f.flush()
@@ -515,8 +520,8 @@ def run_study(
     resolved = {"root": str(m.root), **m.model_dump(mode="json")}
     (workdir / "manifest.resolved.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     planner = Planner(m, workdir)
-    if executor is None and address:
-        executor = "ray"  # an address only means something to Ray
+    if executor is None and (address or resources is not None):
+        executor = "ray"  # an address or a per-task request only means something to Ray
     if run_fn is None and m.trainer is not None:
         from kdjax.sweep.plugin import PluginTrainer
 
@@ -530,7 +535,8 @@ def run_study(
             f"{workdir} is on a network filesystem ({place.kind}): the ledger is kept "
             f"at {place.path} and published to {place.shared}"
         )
-    with _driver_lock(place.dir), _restored(place), Ledger(place.path) as ledger:
+    shared_lock = _driver_lock(workdir, True) if place.remote else contextlib.nullcontext()
+    with shared_lock, _driver_lock(place.dir), _restored(place), Ledger(place.path) as ledger:
         requeued = ledger.reset_running()
         if requeued:
             print(f"{requeued} run(s) interrupted earlier go back to pending")

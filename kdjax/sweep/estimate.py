@@ -89,7 +89,9 @@ def describe_plan(
         labels = planner.stage_labels()
         if m.search.sensitivity_on():
             labels.append("sensitivity")
-            counts.append(len(pairs) * seeds * sum(len(getattr(m.axes, a)) - 1 for a in AXES))
+            # The last stage already ran the optimum's neighbours along the last axis.
+            near = sum(len(getattr(m.axes, a)) - 1 for a in m.order()[:-1])
+            counts.append(len(pairs) * seeds * near)
         if m.search.transfer_on():
             labels.append("transfer")
             counts.append(len(pairs) * seeds * (m.search.transfer_top_k + 2))

@@ -239,6 +239,12 @@ class RayExecutor(Executor):
         return ray
 
     def prepare(self, workdir: str) -> None:
+        # The driver never touches an accelerator: on a TPU host libtpu would take every chip
+        # of the host (and, on a multi-host slice, wait for the other hosts). Set in this
+        # process only, so that workers started by a local Ray keep their devices.
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")
         ray = self._connect()
         nodes = check_feasible(self.request, ray.nodes())
         if self.check_storage:
