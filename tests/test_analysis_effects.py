@@ -184,7 +184,7 @@ def _calibration_study(rng, n_pairs, seed_sd, spread, contrasts=None, seeds=(0, 
         (6, 0.004, 0.004, (0, 1), 300, "pairs"),
         (3, 0.0, 0.004, (0,), 2000, "examples"),
         (3, 0.004, 0.004, (0, 1), 300, "seeds"),
-        (2, 0.01, 0.0, (0, 1, 2), 2000, "seeds"),  # the demo's design: seed sd 1 point
+        (2, 0.01, 0.0, (0, 1, 2), 2000, "seeds"),  # the demo's first design: seed sd 1 point
     ],
 )
 def test_calibration_over_simulated_studies(n_pairs, seed_sd, spread, seeds, n_ex, level):

@@ -190,7 +190,7 @@ def test_check_paper_offline_answers_every_item(capsys):
 
 def test_check_demo_passes(capsys):
     assert main(["check", "experiments/demo.yaml"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].endswith("5 OK -> ready")
+    assert capsys.readouterr().out.splitlines()[-1].endswith("4 OK -> ready")
 
 
 def test_converters(tmp_path):

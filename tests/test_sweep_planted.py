@@ -195,4 +195,4 @@ def test_the_shipped_demo_design_runs_planted(tmp_path):
     row = out.set_index("option").loc["1"]
     assert row["truth"] == -3.0 and row["detected"] == 1.0 and abs(row["bias"]) < 1.5
     with Ledger(tmp_path / "study000" / "ledger.sqlite") as ledger:
-        assert len(ledger.rows(status="done")) == 1 + 18  # the teacher and 18 student runs
+        assert len(ledger.rows(status="done")) == 1 + 24  # the teacher and 24 student runs
