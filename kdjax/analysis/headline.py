@@ -91,7 +91,9 @@ def _recommendation(rec: dict[str, Any]) -> str | None:
         f"**One configuration for every pair:** `{rec['label']}`, chosen on validation among "
         f"the {rec['n_candidates']} configurations run on all {rec['n_pairs']} pairs. Against "
         f"each pair's own validation-chosen best it loses {pt(rec['mean_regret'])} points on "
-        f"average ({interval}) and {pt(rec['worst_regret'])} at worst ({rec['worst_pair']})."
+        f"average ({interval}); its largest per-pair loss is estimated at "
+        f"{pt(rec['worst_regret'])} ({rec['worst_pair']}; the largest of several noisy "
+        f"estimates, biased upward){_worst_bound(rec)}."
     )
     ref = rec.get("reference") or {}
     if ref.get("run_everywhere"):
@@ -101,6 +103,16 @@ def _recommendation(rec: dict[str, Any]) -> str | None:
             f"{pt(ref['difference'])} points: {ref['verdict']}."
         )
     return text
+
+
+def _worst_bound(rec: dict[str, Any]) -> str:
+    hi = (rec.get("worst_regret_interval") or [None, None])[1]
+    if hi is None:
+        return ""
+    return (
+        f"; on none of these pairs does it truly lose more than {pt(hi)} points (95% confidence, "
+        "Bonferroni over pairs)"
+    )
 
 
 def _effects(r: Results) -> str | None:

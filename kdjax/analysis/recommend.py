@@ -23,6 +23,7 @@ from kdjax.analysis.stats import (
     PairContrast,
     Test,
     compare_cells,
+    interval_of_max,
     within_pairs,
 )
 
@@ -36,19 +37,18 @@ def universal(study: Study, pairs: list[Pair]) -> list[Config]:
     return [c for c in study.configs if all(c in study.candidates(p) for p in pairs)]
 
 
-def _val_regret(study: Study, c: Config, pairs: list[Pair]) -> float:
-    out = []
-    for p in pairs:
-        cells = study.candidates(p)
-        out.append(cells[study.best(p)].val_mean - cells[c].val_mean)
-    return float(np.mean(out))
-
-
 def choose(study: Study, pairs: list[Pair], among: list[Config]) -> Config | None:
-    """The configuration in `among` with the smallest mean validation regret on `pairs`."""
+    """The configuration in `among` with the smallest mean validation regret on `pairs` (the
+    pair's best validation score minus the configuration's)."""
     if not among or not pairs:
         return None
-    return min(among, key=lambda c: _val_regret(study, c, pairs))  # ties: ledger order
+    cells = {p: study.candidates(p) for p in pairs}
+    top = {p: cells[p][study.best(p)].val_mean for p in pairs}
+
+    def val_regret(c: Config) -> float:
+        return float(np.mean([top[p] - cells[p][c].val_mean for p in pairs]))
+
+    return min(among, key=val_regret)  # ties: ledger order
 
 
 def regrets(study: Study, c: Config, pairs: list[Pair]) -> dict[Pair, PairContrast]:
@@ -75,6 +75,22 @@ def _kind(t: Test) -> str:
         "seed noise not included)",
         "identical": "exact (identical runs)",
     }.get(t.level, t.reason or "no interval")
+
+
+def _worst_kind(per_pair: list[Test], ci: tuple[float, float] | None) -> str:
+    """What the worst-regret interval claims: the largest TRUE per-pair regret, not the pair
+    whose estimate came out largest (that estimate is biased upward)."""
+    if ci is None:
+        return "no interval: " + next(
+            (_kind(t) for t in per_pair if t.lo is None and t.level != "identical"), "no claim"
+        )
+    levels = [t for t in per_pair if t.level != "identical"]
+    scope = _kind(levels[0]).removeprefix("95% CI, ") if levels else "exact (identical runs)"
+    return (
+        f"95% interval for the largest true per-pair regret, at least 95% (Bonferroni over "
+        f"{len(per_pair)} pairs; {scope}); the point value is the largest per-pair estimate, "
+        "biased upward"
+    )
 
 
 def _pair_test(c: PairContrast, n_boot: int, seed: int, pool: list[PairContrast]) -> Test:
@@ -119,7 +135,8 @@ def recommend(
     reg = regrets(study, best, pairs)
     mean_t = compare_cells(list(reg.values()), n_boot, seed)
     worst = max(reg, key=lambda p: reg[p].mean)
-    worst_t = _pair_test(reg[worst], n_boot, seed, list(reg.values()))
+    per_pair = [_pair_test(c, n_boot, seed, list(reg.values())) for c in reg.values()]
+    worst_ci = interval_of_max(per_pair)
     out |= {
         "config": config_dict(best),
         "label": best.label(),
@@ -128,8 +145,10 @@ def recommend(
         "mean_regret_interval_kind": _kind(mean_t),
         "worst_regret": reg[worst].mean * PTS,
         "worst_pair": f"{worst[0]}/{worst[1]}",
-        "worst_regret_interval": _interval(worst_t),
-        "worst_regret_interval_kind": _kind(worst_t),
+        "worst_regret_interval": [None, None]
+        if worst_ci is None
+        else [worst_ci[0] * PTS, worst_ci[1] * PTS],
+        "worst_regret_interval_kind": _worst_kind(per_pair, worst_ci),
         "per_pair_regret": {f"{p[0]}/{p[1]}": c.mean * PTS for p, c in reg.items()},
         "leave_one_dataset_out": leave_one_dataset_out(study, pairs, among),
         "reference": reference(study, pairs, among, best, axes, n_boot, seed),

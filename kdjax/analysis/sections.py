@@ -227,7 +227,7 @@ def _single(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
         f"{rec['n_candidates']} configurations run on all {rec['n_pairs']} pairs: "
         f"`{rec['label']}`. Test regret against each pair's own validation-chosen best: mean "
         f"{pt(rec['mean_regret'])} ({rec['mean_regret_interval_kind']}: [{pt(lo)}, {pt(hi)}]), "
-        f"worst {pt(rec['worst_regret'])} on {rec['worst_pair']} "
+        f"worst (largest per-pair estimate) {pt(rec['worst_regret'])} on {rec['worst_pair']} "
         f"({rec['worst_regret_interval_kind']}: [{pt(wlo)}, {pt(whi)}])."
     )
     lodo = rec.get("leave_one_dataset_out") or []

@@ -62,6 +62,7 @@ class Test:
     n_pairs: int = 0
     level: str = "none"
     reason: str = ""
+    df: float | None = None  # Student-t degrees of freedom of the interval; None: normal
 
     def verdict(self, p_adjusted: float | None = None) -> str:
         """A sentence: 'worse by 2.1 pt (p=0.003)', 'no detectable difference (MDE 1.8 pt)'."""
@@ -108,7 +109,7 @@ def across_pairs(contrasts: Sequence[float]) -> Test:
     se = float(x.std(ddof=1) / np.sqrt(n))
     return Test(
         float(x.mean()), float(ci.low), float(ci.high), float(res.pvalue), se,
-        mde_from_se(se, n - 1), n, "pairs",
+        mde_from_se(se, n - 1), n, "pairs", df=n - 1,
     )  # fmt: skip
 
 
@@ -235,8 +236,9 @@ def _over_seeds(
     q = dist.ppf(1 - ALPHA / 2)
     p = float(2 * dist.sf(abs(estimate) / se))
     return Test(
-        estimate, estimate - q * se, estimate + q * se, p, se, mde_from_se(se, df), n, "seeds"
-    )
+        estimate, estimate - q * se, estimate + q * se, p, se, mde_from_se(se, df), n, "seeds",
+        df=df or None,
+    )  # fmt: skip
 
 
 def _example_se(contrasts: Sequence[PairContrast], n_boot: int, seed: int) -> float:
@@ -303,6 +305,33 @@ def _mcnemar(c: PairContrast) -> Test:
     z = stats.norm.ppf(1 - ALPHA / 2)
     lo, hi = estimate - z * se, estimate + z * se
     return Test(estimate, lo, hi, p, se, mde_from_se(se), 1, "examples")
+
+
+def interval_of_max(tests: Sequence[Test]) -> tuple[float, float] | None:
+    """95% interval for the LARGEST of the true values the `tests` estimate (one per pair).
+
+    The largest point estimate is biased upward and the pair it picks is chosen by the noise (a
+    winner's curse), so its own interval does not cover. Instead every test's interval is
+    widened to level 1 - alpha/k (Bonferroni, k tests): with probability >= 1 - alpha all of
+    them cover at once, and then [max of lows, max of highs] holds the largest true value.
+    Conservative (coverage near 1 - alpha/k when one pair dominates). None when a test has no
+    interval."""
+    k = len(tests)
+    if not k:
+        return None
+    lows, highs = [], []
+    for t in tests:
+        if t.level == "identical" or (t.se == 0 and t.lo is not None):
+            lows.append(t.estimate)
+            highs.append(t.estimate)
+            continue
+        if t.lo is None or t.se is None:
+            return None
+        dist = stats.t(t.df) if t.df else stats.norm
+        q = float(dist.ppf(1 - ALPHA / (2 * k)))
+        lows.append(t.estimate - q * t.se)
+        highs.append(t.estimate + q * t.se)
+    return max(lows), max(highs)
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
