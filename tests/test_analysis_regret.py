@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from analysis_helpers import Simulator
 
+from kdjax.analysis.crossfit import held_out_choice, val_without
 from kdjax.analysis.load import study_from_rows
-from kdjax.analysis.recommend import _pair_test, recommend, regrets
+from kdjax.analysis.recommend import _pair_test, recommend, regrets, universal
 from kdjax.analysis.stats import compare_cells
 
 AXES = {"teacher": ["hs"], "distance": ["ce", "mse"], "alpha": [1.0], "tau_t": [1.0, 2.0],
@@ -56,13 +57,25 @@ def regret_study(rng, n_pairs, mu, spread, seeds, seed_sd, n_ex=1000, outcomes=T
 
 
 def true_regrets(study, pairs, truth, rec) -> dict:
-    """Per pair, the true score of the pair's validation-chosen best minus the recommended's."""
+    """Per pair, the true regret the report estimates: the mean over seeds of the true score of
+    the pair's best minus the recommendation's, each chosen for that seed on the other seeds'
+    validation (one seed: the validation choices themselves; see kdjax/analysis/crossfit.py)."""
     chosen = next(c for c in study.configs if c.label() == rec["label"])
-    spec = {"distance": chosen["distance"], "tau_t": chosen["tau_t"]}
+    held = held_out_choice(study, pairs, universal(study, pairs))
+
+    def score(p, c):
+        return truth(p, {"distance": c["distance"], "tau_t": c["tau_t"]})
+
     out = {}
     for p in pairs:
-        b = study.best(p)
-        out[p] = truth(p, {"distance": b["distance"], "tau_t": b["tau_t"]}) - truth(p, spec)
+        cells = study.candidates(p)
+        seeds = sorted(cells[chosen].test)
+        if len(seeds) < 2:
+            out[p] = score(p, study.best(p)) - score(p, chosen)
+            continue
+        best = [max(cells, key=lambda k, s=s: val_without(cells[k], s)) for s in seeds]
+        pick = zip(best, seeds, strict=True)
+        out[p] = float(np.mean([score(p, b) - score(p, held[s]) for b, s in pick]))
     return out
 
 
@@ -305,3 +318,93 @@ def test_sign_test_size_is_the_exact_binomial_size(n_pairs):
     assert abs(np.mean(rej) - size) <= 3 * se + 1e-9, (np.mean(rej), size)
     planted = 60 + rng.normal(0, 5, (n_pairs, 1)) + np.array([[1.0, 0.0]])
     assert ranking("t", _table(planted)).friedman_p < 0.05  # better on every pair: rejects
+
+
+def test_near_tied_configurations_give_no_regret_from_the_winners_curse():
+    """Three configurations tie in truth on every pair (true regret 0) with 1 point of seed
+    noise, which moves a run's validation and test together. Scored on the same runs'
+    validation choices, each pair's best looks +0.3 point better than the recommendation on
+    average; cross-fitted over seeds (kdjax/analysis/crossfit.py) the mean regret is unbiased
+    (|bias| < 0.1 point, Monte Carlo SE < 0.05) and its interval covers 0 in 90-99% of 200
+    studies."""
+    from kdjax.analysis.stats import PairContrast
+
+    rng = np.random.default_rng(12)
+    cover, err, in_sample = [], [], []
+    for _ in range(200):
+        rec, study, pairs, _ = regret_study(
+            rng, 6, 0.0, 0.0, (0, 1, 2), 0.01, 2000, outcomes=False, tie=True
+        )
+        lo, hi = rec["mean_regret_interval"]
+        cover.append(lo <= 0 <= hi)
+        err.append(rec["mean_regret"])
+        chosen = next(c for c in study.configs if c.label() == rec["label"])
+        same = [study.candidates(p) for p in pairs]
+        in_sample.append(
+            100 * np.mean([PairContrast("d", c[study.best(p)], c[chosen]).mean
+                           for p, c in zip(pairs, same, strict=True)])
+        )  # fmt: skip
+    assert np.mean(in_sample) > 0.2, np.mean(in_sample)  # what the report printed before
+    assert np.std(err) / np.sqrt(len(err)) < 0.05
+    assert abs(np.mean(err)) < 0.1, np.mean(err)
+    assert 0.90 <= np.mean(cover) <= 0.99, np.mean(cover)
+
+
+def _null_gain_study(rng, n_pairs=6, seeds=(0, 1, 2), seed_sd=0.01, n_ex=4000, lrs=()):
+    """KD and no KD score the same everywhere (every configuration and learning rate)."""
+    pairs = [(f"d{i}", "s") for i in range(n_pairs)]
+    sim = Simulator(lambda p, s: BASE, AXES, pairs, seeds, n_ex, seed_sd=seed_sd, rng=rng,
+                    as_json=False, outcomes=False, lrs=lrs)  # fmt: skip
+    sim.grid()
+    return study_from_rows(sim.rows, sim.manifest("grid")), pairs
+
+
+@pytest.fixture
+def no_gc_in_holm(monkeypatch):
+    """statsmodels' Holm correction runs gc.collect() on every call (60 ms in a large test
+    process); hundreds of simulated tables need it skipped. The p-values are unchanged."""
+    import gc
+
+    monkeypatch.setattr(gc, "collect", lambda *a: 0)
+
+
+@pytest.mark.parametrize("lrs", [pytest.param((), marks=pytest.mark.slow), (1e-4,)])
+def test_kd_gain_p_values_hold_their_family_wise_level_under_the_null(lrs, no_gc_in_holm):
+    """No KD gain anywhere (1 point of seed noise, 3 seeds, 6 pairs): each column of the
+    KD-gain table (Holm-adjusted over pairs) flags some pair in at most 8% of 300 studies (5%
+    nominal; Monte Carlo SE 1.3 points). Measured: default 2-3%, best KD against the (tuned)
+    baseline 3-6%. (Cross-fitting the best KD configuration over seeds, as the regrets do,
+    flagged 8-10% here: its seed contrasts come from different configurations chosen on
+    overlapping seeds and are correlated, so the pooled seed variance is too small.)"""
+    from kdjax.analysis.recommend import kd_gain
+    from kdjax.analysis.stats import holm
+
+    rng = np.random.default_rng(13)
+    fam_default, fam_best = [], []
+    for _ in range(300):
+        study, pairs = _null_gain_study(rng, lrs=lrs)
+        gains = kd_gain(study, pairs, n_boot=100)
+        assert all(g.default_test.level == g.best_test.level == "seeds" for g in gains)
+        for fam, col in ((fam_default, "default_test"), (fam_best, "best_test")):
+            adj = holm([getattr(g, col).p for g in gains])
+            fam.append(any(p < 0.05 for p in adj))
+    assert np.mean(fam_default) <= 0.08, np.mean(fam_default)
+    assert np.mean(fam_best) <= 0.08, np.mean(fam_best)
+
+
+def test_effects_table_holds_its_family_wise_level_under_the_null(no_gc_in_holm):
+    """Every option scores the same: the effects table's Holm-adjusted p-values (one family
+    per table) flag some option in at most 8% of 300 studies."""
+    from kdjax.analysis.effects import all_axis_effects, frame
+
+    axes = {**AXES, "distance": ["ce", "mse", "cos"], "alpha": [0.5, 1.0], "tau_t": [1.0]}
+    rng = np.random.default_rng(14)
+    fam = []
+    for _ in range(300):
+        pairs = [(f"d{i}", "s") for i in range(6)]
+        sim = Simulator(lambda p, s: BASE, axes, pairs, (0, 1), 1000, seed_sd=0.01, rng=rng,
+                        as_json=False, outcomes=False)  # fmt: skip
+        sim.grid()
+        df = frame(all_axis_effects(study_from_rows(sim.rows, sim.manifest("grid")), 100))
+        fam.append(bool((df.p_value.dropna() < 0.05).any()))
+    assert np.mean(fam) <= 0.08, np.mean(fam)

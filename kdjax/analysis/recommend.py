@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from kdjax.analysis.configs import Config, Pair
+from kdjax.analysis.crossfit import compose, held_out_best, held_out_choice
 from kdjax.analysis.effects import AxisEffect, config_dict
 from kdjax.analysis.load import Cell, Study
 from kdjax.analysis.stats import (
@@ -51,12 +52,20 @@ def choose(study: Study, pairs: list[Pair], among: list[Config]) -> Config | Non
     return min(among, key=val_regret)  # ties: ledger order
 
 
-def regrets(study: Study, c: Config, pairs: list[Pair]) -> dict[Pair, PairContrast]:
-    """Per pair: the pair's validation-best configuration minus `c`, on test, by seed."""
+def regrets(
+    study: Study, c: Config, pairs: list[Pair], held_out: dict[int, Config] | None = None
+) -> dict[Pair, PairContrast]:
+    """Per pair: the pair's validation-best configuration minus `c`, on test, by seed. With two
+    or more seeds the best is cross-fitted (crossfit.held_out_best), and so is `c` when
+    `held_out` gives, per seed, the configuration chosen without it (crossfit.held_out_choice;
+    `c` itself on a seed it lacks)."""
     out = {}
     for p in pairs:
         cells = study.candidates(p)
-        out[p] = PairContrast(p[0], cells[study.best(p)], cells[c])
+        mine = cells[c]
+        if held_out:
+            mine = compose(cells, {s: held_out.get(s, c) for s in cells[c].test})
+        out[p] = PairContrast(p[0], held_out_best(cells), mine)
     return out
 
 
@@ -75,6 +84,19 @@ def _kind(t: Test) -> str:
         "seed noise not included)",
         "identical": "exact (identical runs)",
     }.get(t.level, t.reason or "no interval")
+
+
+def _method(best: Config, held_out: dict[int, Config]) -> str:
+    if not held_out:
+        return "one seed: the pair's best is chosen on the same runs' validation, not cross-fitted"
+    text = (
+        "cross-fitted over seeds: for each seed, the pair's best and the recommendation are "
+        "chosen on the other seeds' validation and scored on this seed's test"
+    )
+    other = sorted({c.label() for c in held_out.values() if c != best})
+    if other:
+        text += f"; held out, the recommendation was sometimes {', '.join(other)}"
+    return text
 
 
 def _worst_kind(per_pair: list[Test], ci: tuple[float, float] | None) -> str:
@@ -132,7 +154,8 @@ def recommend(
             "candidate configurations on every pair)"
         )
         return out
-    reg = regrets(study, best, pairs)
+    held_out = held_out_choice(study, pairs, among)
+    reg = regrets(study, best, pairs, held_out)
     mean_t = compare_cells(list(reg.values()), n_boot, seed)
     worst = max(reg, key=lambda p: reg[p].mean)
     per_pair = [_pair_test(c, n_boot, seed, list(reg.values())) for c in reg.values()]
@@ -150,6 +173,7 @@ def recommend(
         else [worst_ci[0] * PTS, worst_ci[1] * PTS],
         "worst_regret_interval_kind": _worst_kind(per_pair, worst_ci),
         "per_pair_regret": {f"{p[0]}/{p[1]}": c.mean * PTS for p, c in reg.items()},
+        "regret_method": _method(best, held_out),
         "leave_one_dataset_out": leave_one_dataset_out(study, pairs, among),
         "reference": reference(study, pairs, among, best, axes, n_boot, seed),
     }

@@ -225,7 +225,8 @@ def _single(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
     doc.p(
         f"Chosen on validation (smallest mean validation regret) among the "
         f"{rec['n_candidates']} configurations run on all {rec['n_pairs']} pairs: "
-        f"`{rec['label']}`. Test regret against each pair's own validation-chosen best: mean "
+        f"`{rec['label']}`. Test regret against each pair's own validation-chosen best "
+        f"({rec['regret_method']}): mean "
         f"{pt(rec['mean_regret'])} ({rec['mean_regret_interval_kind']}: [{pt(lo)}, {pt(hi)}]), "
         f"worst (largest per-pair estimate) {pt(rec['worst_regret'])} on {rec['worst_pair']} "
         f"({rec['worst_regret_interval_kind']}: [{pt(wlo)}, {pt(whi)}])."
