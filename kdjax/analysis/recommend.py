@@ -3,9 +3,10 @@
 The single configuration is chosen on validation among the configurations run on EVERY active
 pair (under greedy, the transfer stage makes these), by the smallest mean validation regret
 (pair's best validation score minus the configuration's). Its regret on test against each
-pair's own validation-chosen best is reported with intervals, and again leave-one-dataset-out:
-chosen without dataset d, scored on d. The reference study's recommendation (ll, ce, tau_s 1 at
-the study's best tau_t) is compared with it when it was run everywhere.
+pair's own validation-chosen best is reported with intervals (cross-fitted over seeds: see
+crossfit.py), and again leave-one-dataset-out: chosen without dataset d, scored on d. The
+reference study's recommendation (ll, ce, tau_s 1 at the study's best tau_t) is compared with
+it when it was run everywhere.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ def reference(
         out["reason"] = "not run on every pair: no regret can be compared"
         return out
     ref = choose(study, pairs, matches)  # the alpha (and the rest) chosen on validation
-    reg = regrets(study, ref, pairs)
+    reg = regrets(study, ref, pairs, held_out_choice(study, pairs, matches))
     cells = {p: study.candidates(p) for p in pairs}
     diff = {p: PairContrast(p[0], cells[p][best], cells[p][ref]) for p in pairs}
     t = compare_cells(list(diff.values()), n_boot, seed)
