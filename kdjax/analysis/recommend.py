@@ -90,9 +90,12 @@ def _kind(t: Test) -> str:
 def _method(best: Config, held_out: dict[int, Config]) -> str:
     if not held_out:
         return "one seed: the pair's best is chosen on the same runs' validation, not cross-fitted"
+    n = len(held_out)
     text = (
         "cross-fitted over seeds: for each seed, the pair's best and the recommendation are "
-        "chosen on the other seeds' validation and scored on this seed's test"
+        f"chosen on the other {n - 1} seed(s)' validation and scored on this seed's test, so "
+        f"the pair's best is tuned on {n - 1} of {n} seeds; a negative regret means the "
+        "recommendation beat the pair's best chosen that way"
     )
     other = sorted({c.label() for c in held_out.values() if c != best})
     if other:
