@@ -127,3 +127,35 @@ def test_scanned_layers_equal_unrolled_layers(monkeypatch):
     a = run(graphdef, params, jax.random.key(1))[0][1]
     b = run(graphdef, params, jax.random.key(2))[0][1]
     assert np.isfinite(np.asarray(a)).all() and not np.allclose(a, b)
+
+
+def test_classifier_last_layer_at_cls_only_equals_the_full_layer(monkeypatch):
+    """A sequence classifier's last layer runs at [CLS] only: same logits and same gradients
+    as computing every position and reading [CLS], unrolled and scanned."""
+    rng = np.random.default_rng(4)
+    ids = jnp.asarray(rng.integers(1, 50, size=(4, 16)), jnp.int32)
+    mask = jnp.asarray(_padded_mask(rng, 4, 16))
+    graphdef, params = _tiny_model(0.0)
+
+    def full(m):  # the head on the full last hidden state, as transformers computes it
+        x = m.encoder(ids, mask)[:, 0]
+        return m.head(jnp.tanh(m.pooler(x)))
+
+    def both(p):
+        m = nnx.merge(graphdef, p)
+        return m(ids, mask), full(m)
+
+    for scan_at in (1 << 30, 2):
+        monkeypatch.setattr(encoder, "SCAN_MIN_LAYERS", scan_at)
+        ours, ref = jax.jit(both)(params)
+        assert ours.shape == (4, 2)
+        np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-6, rtol=0)
+        g_ours = jax.grad(lambda p: (both(p)[0] ** 2).sum())(params)
+        g_ref = jax.grad(lambda p: (both(p)[1] ** 2).sum())(params)
+        for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+    monkeypatch.setattr(encoder, "SCAN_MIN_LAYERS", 1 << 30)  # FLOPs of an unrolled program
+    with_cls_only = jax.jit(lambda p: nnx.merge(graphdef, p)(ids, mask)).lower(params)
+    with_all = jax.jit(lambda p: full(nnx.merge(graphdef, p))).lower(params)
+    flops = [c.compile().cost_analysis()["flops"] for c in (with_cls_only, with_all)]
+    assert flops[0] < 0.8 * flops[1]  # the last of two layers is mostly skipped

@@ -68,7 +68,7 @@ class DropoutKeys:
         self.key = key
         self.count = 0
 
-    def for_layer(self, index: jax.Array) -> DropoutKeys:
+    def for_layer(self, index: jax.Array | int) -> DropoutKeys:
         """The sites of scanned layer `index` (traced): their own key, counted from 0."""
         key = None if self.key is None else jax.random.fold_in(self.key, (1 << 20) + index)
         return DropoutKeys(key)
@@ -161,18 +161,24 @@ class Layer(nnx.Module):
         self.output_norm = _norm(cfg, h, rngs)
         self.cfg = cfg
 
-    def __call__(self, x: jax.Array, mask: jax.Array, drop: DropoutKeys) -> jax.Array:
-        """x: [batch, seq, hidden]; mask: [batch, 1, 1, seq] bool, True for real key tokens."""
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, drop: DropoutKeys, rows: int | None = None
+    ) -> jax.Array:
+        """x: [batch, seq, hidden]; mask: [batch, 1, 1, seq] bool, True for real key tokens.
+        `rows`: compute the output of the first `rows` positions only (they still attend to
+        every position); [batch, rows, hidden] out."""
         cfg = self.cfg
         b, s, h = x.shape
         nh = cfg.num_heads
-        heads = lambda t: t.reshape(b, s, nh, h // nh)  # [b, s, h] -> [b, s, nh, hd]
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        heads = lambda t: t.reshape(b, t.shape[1], nh, h // nh)  # [b, s, h] -> [b, s, nh, hd]
+        xq = x if rows is None else x[:, :rows]
+        q, k, v = heads(self.query(xq)), heads(self.key(x)), heads(self.value(x))
         if drop.active(cfg.attention_dropout):
             ctx = _attention_with_dropout(q, k, v, mask, drop, cfg.attention_dropout)
         else:
             ctx = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=ATTENTION)
-        x = self.attn_norm(x + drop(self.attn_out(ctx.reshape(b, s, h)), cfg.hidden_dropout))
+        ctx = ctx.reshape(b, xq.shape[1], h)
+        x = self.attn_norm(xq + drop(self.attn_out(ctx), cfg.hidden_dropout))
         y = self.output(_ACT[cfg.hidden_act](self.intermediate(x)))
         return self.output_norm(x + drop(y, cfg.hidden_dropout))
 
@@ -195,17 +201,25 @@ class Encoder(nnx.Module):
         self.layers = nnx.List([Layer(cfg, rngs) for _ in range(cfg.num_layers)])
         self.cfg = cfg
 
-    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, drop=None):
+    def __call__(self, input_ids, attention_mask, token_type_ids=None, *, drop=None, rows=None):
+        """The last hidden state, [batch, seq, hidden]; with `rows`, the last layer computes
+        only the first `rows` positions ([batch, rows, hidden]): a sequence classifier reads
+        one position, and the last layer's other positions are then work thrown away (its
+        attention, projections and feed-forward block at [CLS] only: 5/6 of a layer saved)."""
         drop = drop or DropoutKeys(None)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, drop)
         mask = attention_mask[:, None, None, :] > 0  # [batch, 1, 1, seq]: which keys to attend
-        if len(self.layers) >= SCAN_MIN_LAYERS:
-            return _scan_layers(list(self.layers), x, mask, drop)
-        for layer in self.layers:
-            x = layer(x, mask, drop)
-        return x  # [batch, seq, hidden]
+        layers = list(self.layers)
+        if len(layers) >= SCAN_MIN_LAYERS:
+            if rows is None:
+                return _scan_layers(layers, x, mask, drop)
+            x = _scan_layers(layers[:-1], x, mask, drop)
+            return layers[-1](x, mask, drop.for_layer(len(layers) - 1), rows)
+        for i, layer in enumerate(layers):
+            x = layer(x, mask, drop, rows if i == len(layers) - 1 else None)
+        return x
 
 
 def _scan_layers(layers: list[Layer], x: jax.Array, mask: jax.Array, drop: DropoutKeys):
@@ -262,7 +276,8 @@ class Model(nnx.Module):
 
     def __call__(self, input_ids, attention_mask, token_type_ids=None, *, dropout_key=None):
         drop = DropoutKeys(dropout_key)
-        x = self.encoder(input_ids, attention_mask, token_type_ids, drop=drop)
+        rows = 1 if self.task == "classification" else None  # the head reads [CLS] only
+        x = self.encoder(input_ids, attention_mask, token_type_ids, drop=drop, rows=rows)
         cfg = self.cfg
         rate = cfg.hidden_dropout if cfg.classifier_dropout is None else cfg.classifier_dropout
         if self.task == "classification":
