@@ -1,12 +1,16 @@
 """Training examples/s of the KD train step: kdjax vs an equivalent PyTorch step, in one process.
 
-Both sides do the same work per step: the all-MiniLM-L6-v2 teacher forward in eval mode (no
+Both sides compute the same per step: the all-MiniLM-L6-v2 teacher forward in eval mode (no
 gradient), a 3-layer student built from the teacher's layers 0, 2 and 4 forward and backward in
 train mode (dropout on), the KD loss (1 - alpha) CE + alpha * soft CE at temperature tau,
 gradient clipping at norm 1 and an AdamW update. PyTorch uses transformers'
-BertForSequenceClassification for both models. Timings alternate between the two sides, round
-by round, so that other load on the machine slows both alike; the per-round ratios show the
-spread, and the load average before and after says how busy the machine was.
+BertForSequenceClassification for both models, the model a user would otherwise pick. The logits,
+loss and gradients are the same; the work is not quite: transformers runs every layer at every
+position and its classifier then reads [CLS], while kdjax's classifiers run their last layer at
+[CLS] only (tests/test_attention.py checks that logits and gradients are unchanged).
+Timings alternate between the two sides, round by round, so that other load on the machine
+slows both alike; the per-round ratios show the spread, and the load average before and after
+says how busy the machine was.
 
     python benchmarks/step_throughput.py [--batch 32] [--seq 64 128] [--steps 5] [--rounds 5]
 
