@@ -183,16 +183,22 @@ def test_summary_scores_each_study_against_the_best_it_chose():
 
 
 def test_the_shipped_demo_design_runs_planted(tmp_path):
-    # The demo's whole design (pairs, seeds, grid, baselines) through the engine in seconds.
+    # The demo's whole design (pair, seeds, KD run + no-KD baseline per seed) through the
+    # engine in seconds, and the report's KD gain on it: a planted 3-point gain is detected.
     from pathlib import Path
 
+    from kdjax.analysis.load import load_study
+    from kdjax.analysis.recommend import kd_gain
     from kdjax.sweep.simulate import simulate
 
     demo = Path(__file__).resolve().parent.parent / "experiments" / "demo.yaml"
-    spec = parse_effects({"effects": {"alpha": {1.0: -3.0}}, "base": 0.72})
-    out = simulate(demo, spec, Noise(seed_sd=1.0, test_n=2000, rho=0.85), 1, n_boot=200,
-                   keep=tmp_path)  # fmt: skip
-    row = out.set_index("option").loc["1"]
-    assert row["truth"] == -3.0 and row["detected"] == 1.0 and abs(row["bias"]) < 1.5
+    spec = parse_effects({"base": 0.72, "baseline": -3.0})
+    simulate(demo, spec, Noise(seed_sd=1.0, test_n=1500, rho=0.85), 1, n_boot=200,
+             keep=tmp_path)  # fmt: skip
     with Ledger(tmp_path / "study000" / "ledger.sqlite") as ledger:
-        assert len(ledger.rows(status="done")) == 1 + 24  # the teacher and 24 student runs
+        assert len(ledger.rows(status="done")) == 1 + 36  # the teacher, 18 KD runs, 18 no-KD
+    study = load_study(tmp_path / "study000")
+    (gain,) = kd_gain(study, study.pairs, n_boot=200)
+    t = gain.default_test
+    assert t.level == "seeds" and t.lo > 0 and t.p < 0.05
+    assert abs(t.estimate * 100 - 3.0) < 1.0 and t.hi - t.lo < 2.0  # +-0.7-ish with 18 seeds
