@@ -1,7 +1,14 @@
 """Real two-process runs on localhost (jax.distributed, CPU backend, gloo collectives) end with
-the same models as one process driving the same four devices: a fine-tuning run, then a
+the same models as one process driving the same two devices: a fine-tuning run, then a
 distillation from the one-process teacher whose logit-cache entry the two processes build
-together (process 0 writes it, both map it). One launch runs both, to pay its start-up once."""
+together (process 0 writes it, both map it). One launch runs both, to pay its start-up once.
+
+One device per process, two in all: the gradient all-reduce then adds two operands, and
+floating-point addition commutes, so the two layouts must agree to rounding in every parameter.
+With four devices the one-process and the gloo reductions add four operands in different orders;
+AdamW turns that rounding, on a parameter whose gradient is near zero, into a step of up to the
+learning rate (measured: 1.7e-5 on one of 976,704 elements), which no parameter tolerance can
+separate from a real error."""
 
 import json
 import os
@@ -100,7 +107,7 @@ def _same_model(a_dir, b_dir) -> None:
         np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=0, err_msg=k)
     ra = json.loads((a_dir / "result.json").read_text())
     rb = json.loads((b_dir / "result.json").read_text())
-    assert ra["devices"] == rb["devices"] == 4
+    assert ra["devices"] == rb["devices"] == 2
     np.testing.assert_allclose(rb["test"]["loss"], ra["test"]["loss"], rtol=1e-5)
     # Only process 0 wrote the metrics log: one line per log step, not two.
     assert len((b_dir / "metrics.jsonl").read_text().splitlines()) == len(
@@ -124,7 +131,7 @@ def test_two_processes_equal_one(tmp_path):
         files[name] = tmp_path / f"{name}.yaml"
         files[name].write_text(yaml.safe_dump(cfg))
     single_log = tmp_path / "one.log"
-    _wait_all([_kdjax([files["one"], files["one-kd"]], _env(4), single_log)], [single_log], 300)
+    _wait_all([_kdjax([files["one"], files["one-kd"]], _env(2), single_log)], [single_log], 300)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,7 +141,7 @@ def test_two_processes_equal_one(tmp_path):
         _kdjax(
             [files["two"], files["two-kd"]],
             _env(
-                2,
+                1,
                 KDJAX_DISTRIBUTED="1",
                 KDJAX_COORDINATOR=f"127.0.0.1:{port}",
                 KDJAX_NUM_PROCESSES="2",
@@ -146,7 +153,7 @@ def test_two_processes_equal_one(tmp_path):
         for i in range(2)
     ]
     text = _wait_all(procs, logs, 400)
-    assert "process 1 of 2: 2 local devices, 4 global" in text
+    assert "process 1 of 2: 1 local devices, 2 global" in text
     _same_model(one / "teacher", two / "teacher")
     _same_model(one / "student", two / "student")
     # One logit entry, built once by the job (not per process), equal to the one-process one.
