@@ -79,7 +79,7 @@ def _guard(r: Results) -> str | None:
 
 
 def _recommendation(rec: dict[str, Any]) -> str | None:
-    if rec.get("config") is None:
+    if rec.get("config") is None or rec["n_candidates"] == 1:  # nothing was chosen
         return None
     lo, hi = rec["mean_regret_interval"]
     interval = (

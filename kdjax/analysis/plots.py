@@ -143,7 +143,7 @@ def plot_heatmap(results: Results, path: Path, top: int = 10) -> Path | None:
 
     pairs = results.active
     among = universal(results.study, pairs)[:top]
-    if not among or not pairs:
+    if len(among) < 2 or not pairs:  # one configuration: nothing to compare
         return None
     gap = np.array([[-regrets(results.study, c, [p])[p].mean * PTS for c in among] for p in pairs])
     fig = _figure(2.0 + 1.1 * len(among), 2.2 + 0.4 * len(pairs))

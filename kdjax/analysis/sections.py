@@ -101,6 +101,12 @@ def _best_per_pair(doc: Doc, r: Results) -> None:
 
 def _effects(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
     doc.h(1, "Effect of each parameter")
+    if not any(len(e.options) > 1 for e in r.axes.values()):
+        doc.p(
+            "No axis was swept (every knob has one option), so there are no per-parameter "
+            "effects; this study's comparison is the KD gain above."
+        )
+        return
     doc.p(
         "An option's effect is its test score minus the axis's best option's, with every other "
         "knob the same (runs that differ in this axis only: under a grid every setting of the "
@@ -219,6 +225,12 @@ def _single(doc: Doc, r: Results, figs: dict[str, Path]) -> None:
     rec = r.recommendation
     if rec.get("config") is None:
         doc.p(f"No recommendation: {rec.get('reason', 'nothing finished')}.")
+        return
+    if rec["n_candidates"] == 1:
+        doc.p(
+            f"One KD configuration was run (`{rec['label']}`): there is nothing to choose "
+            "between, and its regret is 0 by construction."
+        )
         return
     lo, hi = rec["mean_regret_interval"]
     wlo, whi = rec["worst_regret_interval"]
