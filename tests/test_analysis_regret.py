@@ -17,8 +17,8 @@ from analysis_helpers import Simulator
 
 from kdjax.analysis.crossfit import held_out_choice, val_without
 from kdjax.analysis.load import study_from_rows
-from kdjax.analysis.recommend import _pair_test, recommend, regrets, universal
-from kdjax.analysis.stats import compare_cells
+from kdjax.analysis.recommend import recommend, regrets, universal
+from kdjax.analysis.stats import compare_cells, within_pairs
 
 AXES = {"teacher": ["hs"], "distance": ["ce", "mse"], "alpha": [1.0], "tau_t": [1.0, 2.0],
         "tau_s": ["same"]}  # fmt: skip
@@ -99,7 +99,7 @@ def _calibrate(n_studies, n_pairs, mu, spread, seeds, seed_sd, **kw):
         # What the report printed before: the largest estimate's pair's own 95% interval.
         reg = regrets(study, next(c for c in study.configs if c.label() == rec["label"]), pairs)
         top = max(reg, key=lambda p: reg[p].mean)
-        old = _pair_test(reg[top], 100, 0, list(reg.values()))
+        old = within_pairs([reg[top]], 100, 0, list(reg.values()))
         out["wold"].append(old.lo * 100 <= worst <= old.hi * 100)
     return {k: np.asarray(v) for k, v in out.items()}
 

@@ -22,6 +22,7 @@ Student-t interval is unaffected.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,19 @@ def held_out_best(cells: dict[Any, Cell]) -> Cell:
     return compose(cells, pick)
 
 
+def least_val_regret(
+    cells: dict[Pair, dict[Config, Cell]], among: list[Config], score: Callable[[Cell], float]
+) -> Config:
+    """The configuration in `among` with the smallest mean over pairs of its validation regret
+    (the pair's best `score` minus the configuration's); ties: the first in `among`."""
+    top = {p: max(score(x) for x in cs.values()) for p, cs in cells.items()}
+
+    def val_regret(c: Config) -> float:
+        return float(np.mean([top[p] - score(cs[c]) for p, cs in cells.items()]))
+
+    return min(among, key=val_regret)
+
+
 def held_out_choice(study: Study, pairs: list[Pair], among: list[Config]) -> dict[int, Config]:
     """Per seed s, the configuration in `among` with the smallest mean validation regret on
     `pairs` computed without seed s (recommend.choose, held out); {} with one seed."""
@@ -76,12 +90,4 @@ def held_out_choice(study: Study, pairs: list[Pair], among: list[Config]) -> dic
     if len(seeds) < 2:
         return {}
     cells = {p: study.candidates(p) for p in pairs}
-    out = {}
-    for s in seeds:
-        top = {p: max(val_without(x, s) for x in cells[p].values()) for p in pairs}
-
-        def val_regret(c: Config, s: int = s, top: dict = top) -> float:
-            return float(np.mean([top[p] - val_without(cells[p][c], s) for p in pairs]))
-
-        out[s] = min(among, key=val_regret)  # ties: ledger order
-    return out
+    return {s: least_val_regret(cells, among, lambda x, s=s: val_without(x, s)) for s in seeds}

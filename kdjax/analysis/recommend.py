@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from kdjax.analysis.configs import Config, Pair
-from kdjax.analysis.crossfit import compose, held_out_best, held_out_choice
+from kdjax.analysis.crossfit import compose, held_out_best, held_out_choice, least_val_regret
 from kdjax.analysis.effects import AxisEffect, config_dict
 from kdjax.analysis.load import Cell, Study
 from kdjax.analysis.stats import (
@@ -45,12 +45,7 @@ def choose(study: Study, pairs: list[Pair], among: list[Config]) -> Config | Non
     if not among or not pairs:
         return None
     cells = {p: study.candidates(p) for p in pairs}
-    top = {p: cells[p][study.best(p)].val_mean for p in pairs}
-
-    def val_regret(c: Config) -> float:
-        return float(np.mean([top[p] - cells[p][c].val_mean for p in pairs]))
-
-    return min(among, key=val_regret)  # ties: ledger order
+    return least_val_regret(cells, among, lambda x: x.val_mean)  # ties: ledger order
 
 
 def regrets(
@@ -119,13 +114,6 @@ def _worst_kind(per_pair: list[Test], ci: tuple[float, float] | None) -> str:
     )
 
 
-def _pair_test(c: PairContrast, n_boot: int, seed: int, pool: list[PairContrast]) -> Test:
-    """One pair's contrast: Student-t over its seeds (seed and test-example noise), the seed
-    variance pooled over the same comparison on every pair in `pool`, with two or more seeds;
-    else test-example noise when recorded (see stats.within_pairs)."""
-    return within_pairs([c], n_boot, seed, pool)
-
-
 def _tau_t_best(study: Study, axes: dict[str, AxisEffect], among: list[Config]) -> Any:
     if "tau_t" in axes and axes["tau_t"].best is not None:
         return axes["tau_t"].best
@@ -162,7 +150,8 @@ def recommend(
     reg = regrets(study, best, pairs, held_out)
     mean_t = compare_cells(list(reg.values()), n_boot, seed)
     worst = max(reg, key=lambda p: reg[p].mean)
-    per_pair = [_pair_test(c, n_boot, seed, list(reg.values())) for c in reg.values()]
+    # One pair's test each, the seed variance pooled over every pair's regret.
+    per_pair = [within_pairs([c], n_boot, seed, list(reg.values())) for c in reg.values()]
     worst_ci = interval_of_max(per_pair)
     out |= {
         "config": config_dict(best),
@@ -286,9 +275,9 @@ def kd_gain(study: Study, pairs: list[Pair], n_boot: int = 1000, seed: int = 0) 
         Gain(
             p,
             d,
-            _pair_test(d, n_boot, seed, pool_d) if d else None,
+            within_pairs([d], n_boot, seed, pool_d) if d else None,
             b,
-            _pair_test(b, n_boot, seed, pool_b) if b else None,
+            within_pairs([b], n_boot, seed, pool_b) if b else None,
             lr,
         )
         for p, d, b, lr in rows
