@@ -290,9 +290,11 @@ def summarize(found: Any, truth: dict[tuple[str, Any], float], alpha: float = 0.
     contrast it estimates), power (P[p < alpha]) and how often it was chosen best."""
     import pandas as pd
 
-    found = found.assign(key=found["option"].map(option_key))
-    best = found[found["verdict"].str.startswith("best option")]
-    chosen = {(r.repeat, r.axis): r.key for r in best.itertuples()}
+    found = found.assign(
+        key=found["option"].map(option_key),
+        is_best=found["verdict"].str.startswith("best option"),
+    )
+    chosen = {(r.repeat, r.axis): r.key for r in found[found["is_best"]].itertuples()}
     out = []
     for (axis, option), t in truth.items():
         sel = found[(found["axis"] == axis) & (found["key"] == option)]
@@ -300,7 +302,7 @@ def summarize(found: Any, truth: dict[tuple[str, Any], float], alpha: float = 0.
         target = np.array(
             [t - truth.get((axis, chosen.get((r, axis))), 0.0) for r in sel["repeat"]]
         )
-        is_best = sel["verdict"].str.startswith("best option").to_numpy()
+        is_best = sel["is_best"].to_numpy()
         est = sel["effect"].to_numpy(dtype=float)
         ok = ~np.isnan(est)
         lo, hi = sel["ci_low"].to_numpy(dtype=float), sel["ci_high"].to_numpy(dtype=float)
