@@ -90,6 +90,13 @@ def kdjax_runner(path, batch):
         jax.block_until_ready(metrics["loss"])
         return time.perf_counter() - t
 
+    def gflop() -> float:
+        """The compiled step's FLOPs (XLA's cost analysis), in GFLOP."""
+        cost = step.lower(state, t_params, placed, key, hp).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        return float(cost["flops"]) / 1e9
+
+    run.gflop = gflop
     return run
 
 
